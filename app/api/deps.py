@@ -1,0 +1,66 @@
+"""Dependencies as ``Annotated`` aliases. Long-lived objects live on ``app.state`` (built once
+in the lifespan); nothing here reads a request body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.errors import NotAuthenticated
+from app.core.security import decode_token
+from app.imaging.pipeline import PipelineOptions
+from app.imaging.pool import WorkerPool
+from app.storage.base import Storage
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the user id.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    return request.app.state.sessions
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_pool(request: Request) -> WorkerPool:
+    return request.app.state.pool
+
+
+def get_pipeline_options(request: Request) -> PipelineOptions:
+    return request.app.state.pipeline_options
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+PoolDep = Annotated[WorkerPool, Depends(get_pool)]
+PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
+
+
+def get_current_user(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise NotAuthenticated("A bearer token is required.")
+    return decode_token(settings, credentials.credentials)
+
+
+CurrentUser = Annotated[str, Depends(get_current_user)]
+
+
+def get_base_url(request: Request, settings: SettingsDep) -> str:
+    """Prefix of returned URLs: the configured public base URL, else the request's own."""
+    return settings.public_base_url or str(request.base_url).rstrip("/")
+
+
+BaseUrl = Annotated[str, Depends(get_base_url)]

@@ -1,0 +1,109 @@
+"""One renderer for every error: RFC 9457 problem+json with a stable ``code``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.errors import (
+    PROBLEM_TYPE_PREFIX,
+    AppError,
+    DatabaseUnavailable,
+    InvalidRequest,
+    MethodNotAllowed,
+    ResourceNotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem(error: AppError, **extra: Any) -> ProblemResponse:
+    body = {
+        "type": error.type_uri,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        **extra,
+    }
+    return ProblemResponse(body, status_code=error.status, headers=error.headers)
+
+
+def _from_http_exception(exc: StarletteHTTPException) -> AppError:
+    if exc.status_code == 404:
+        return ResourceNotFound("No such resource.")
+    if exc.status_code == 405:
+        return MethodNotAllowed("This method is not allowed on this resource.")
+    generic = AppError(str(exc.detail))
+    generic.status = exc.status_code  # type: ignore[misc]
+    return generic
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_app_error(_request: Request, exc: Exception) -> ProblemResponse:
+        assert isinstance(exc, AppError)
+        return problem(exc)
+
+    async def on_http_exception(_request: Request, exc: Exception) -> ProblemResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return problem(_from_http_exception(exc))
+
+    async def on_validation_error(_request: Request, exc: Exception) -> ProblemResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in exc.errors()
+        ]
+        return problem(InvalidRequest("The request is not valid."), errors=errors)
+
+    async def on_database_error(_request: Request, exc: Exception) -> ProblemResponse:
+        logger.error("database error: %s", type(exc).__name__)
+        return problem(DatabaseUnavailable("The database is not available; retry later."))
+
+    async def on_unexpected(_request: Request, exc: Exception) -> ProblemResponse:
+        logger.exception("unexpected error")
+        return problem(AppError("An unexpected error occurred."))
+
+    app.add_exception_handler(AppError, on_app_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(SQLAlchemyError, on_database_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route: each status with the codes it can carry."""
+    by_status: dict[int, list[type[AppError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status, []).append(error)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, classes in sorted(by_status.items()):
+        codes = ", ".join(f"`{cls.code}`" for cls in classes)
+        first = classes[0]
+        responses[status] = {
+            "description": f"{first.title} ({codes})",
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": {
+                        "type": PROBLEM_TYPE_PREFIX + first.code,
+                        "title": first.title,
+                        "status": status,
+                        "detail": first.title + ".",
+                        "code": first.code,
+                    },
+                }
+            },
+        }
+    return responses

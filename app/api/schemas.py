@@ -1,0 +1,78 @@
+"""HTTP shapes. URLs are built here, per response, from stored keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from app.db.models import Avatar
+from app.storage.base import Storage
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with the service's stable ``code``."""
+
+    type: str = Field(examples=["urn:avatar-service:problem:too_many_pixels"])
+    title: str = Field(examples=["Too many pixels"])
+    status: int = Field(examples=[422])
+    detail: str = Field(examples=["The image has 16384x16384 = 268435456 pixels."])
+    code: str = Field(examples=["too_many_pixels"])
+
+
+class VariantPublic(BaseModel):
+    name: str
+    url: str
+    width: int
+    height: int
+    bytes: int
+    content_type: str
+
+
+class AvatarPublic(BaseModel):
+    user_id: str
+    avatar_url: str
+    avatar_thumb_url: str
+    width: int
+    height: int
+    content_type: str
+    bytes: int
+    version: str
+    variants: list[VariantPublic]
+    updated_at: datetime
+
+    @classmethod
+    def build(cls, avatar: Avatar, *, storage: Storage, base_url: str) -> AvatarPublic:
+        variants = [
+            VariantPublic(
+                name=variant["name"],
+                url=storage.url(variant["key"], base_url=base_url),
+                width=variant["width"],
+                height=variant["height"],
+                bytes=variant["bytes"],
+                content_type=variant["content_type"],
+            )
+            for variant in avatar.variants
+        ]
+        by_name = {variant.name: variant for variant in variants}
+        original = by_name["original"]
+        updated_at = avatar.updated_at
+        if updated_at.tzinfo is None:  # SQLite hands back naive UTC
+            updated_at = updated_at.replace(tzinfo=UTC)
+        return cls(
+            user_id=avatar.user_id,
+            avatar_url=original.url,
+            avatar_thumb_url=by_name["thumb"].url,
+            width=original.width,
+            height=original.height,
+            content_type=original.content_type,
+            bytes=original.bytes,
+            version=avatar.version,
+            variants=variants,
+            updated_at=updated_at,
+        )
+
+
+class HealthStatus(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,164 @@
+"""The service's errors: each carries its HTTP status, a stable machine-readable code and a title.
+
+One handler (``app.api.problems``) renders every one of them as RFC 9457 problem+json::
+
+    AppError
+    ├── NotAuthenticated            401 not_authenticated
+    ├── AvatarNotFound              404 avatar_not_found
+    ├── ResourceNotFound            404 not_found
+    ├── MethodNotAllowed            405 method_not_allowed
+    ├── PayloadTooLarge             413 image_too_large
+    ├── UnsupportedContentType      415 unsupported_content_type
+    ├── InvalidRequest              422 invalid_request
+    │   └── MissingFile             422 missing_file
+    ├── ImageError                  (the imaging pipeline raises only these)
+    │   ├── UnsupportedFormat       415 unsupported_format
+    │   ├── CorruptImage            422 corrupt_image
+    │   ├── TooManyPixels           422 too_many_pixels
+    │   └── DimensionsTooLarge      422 dimensions_too_large
+    ├── ServerBusy                  503 server_busy (with Retry-After)
+    └── ServiceUnavailable          503 service_unavailable
+        ├── DatabaseUnavailable     503 database_unavailable
+        └── StorageUnavailableError 503 storage_unavailable
+
+Nothing here imports a web framework: services and the pipeline raise these, the API renders them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+PROBLEM_TYPE_PREFIX = "urn:avatar-service:problem:"
+
+
+class AppError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        super().__init__(self.detail)
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_TYPE_PREFIX + self.code
+
+
+class NotAuthenticated(AppError):
+    status = 401
+    code = "not_authenticated"
+    title = "Not authenticated"
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="avatar-service"'})
+
+
+class AvatarNotFound(AppError):
+    status = 404
+    code = "avatar_not_found"
+    title = "Avatar not found"
+
+
+class ResourceNotFound(AppError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "image_too_large"
+    title = "Upload too large"
+
+
+class UnsupportedContentType(AppError):
+    status = 415
+    code = "unsupported_content_type"
+    title = "Unsupported request content type"
+
+
+class InvalidRequest(AppError):
+    status = 422
+    code = "invalid_request"
+    title = "Invalid request"
+
+
+class MissingFile(InvalidRequest):
+    code = "missing_file"
+    title = "No file in the upload"
+
+
+class ImageError(AppError):
+    """Raised by the imaging pipeline for input it will not turn into an avatar."""
+
+    status = 422
+    code = "invalid_image"
+    title = "Invalid image"
+
+
+class UnsupportedFormat(ImageError):
+    status = 415
+    code = "unsupported_format"
+    title = "Unsupported image format"
+
+
+class CorruptImage(ImageError):
+    code = "corrupt_image"
+    title = "Corrupt image"
+
+
+class TooManyPixels(ImageError):
+    code = "too_many_pixels"
+    title = "Too many pixels"
+
+
+class DimensionsTooLarge(ImageError):
+    code = "dimensions_too_large"
+    title = "Image dimensions too large"
+
+
+class ServerBusy(AppError):
+    status = 503
+    code = "server_busy"
+    title = "Server busy"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "service_unavailable"
+    title = "Service unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 5):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
+class StorageUnavailableError(ServiceUnavailable):
+    code = "storage_unavailable"
+    title = "Storage unavailable"
+
+
+def all_error_classes() -> list[type[AppError]]:
+    """Every concrete error, for documentation and the OpenAPI document."""
+    found: list[type[AppError]] = []
+    pending: list[type[AppError]] = [AppError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,42 @@
+"""Database rows hold storage keys and sizes, never URLs: URLs are built per response."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Avatar(Base):
+    """A user's current avatar: one row per user, replaced by each new upload."""
+
+    __tablename__ = "avatars"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # A fresh random token per upload; every storage key of the upload contains it.
+    version: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    source_format: Mapped[str] = mapped_column(String(16))
+    # [{"name", "key", "width", "height", "bytes", "content_type"}, ...]; "original" first.
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def keys(self) -> list[str]:
+        return [variant["key"] for variant in self.variants]
+
+    def variant(self, name: str) -> dict[str, Any]:
+        for variant in self.variants:
+            if variant["name"] == name:
+                return variant
+        raise KeyError(name)

@@ -1,0 +1,23 @@
+"""Storage adapters behind one Protocol, chosen by ``AVATAR_STORAGE``."""
+
+from __future__ import annotations
+
+from app.core.config import Settings
+from app.storage.base import Storage, StorageUnavailable, StoredObject
+from app.storage.local import LocalStorage
+from app.storage.memory import MemoryStorage
+
+__all__ = [
+    "LocalStorage",
+    "MemoryStorage",
+    "Storage",
+    "StorageUnavailable",
+    "StoredObject",
+    "build_storage",
+]
+
+
+def build_storage(settings: Settings) -> Storage:
+    match settings.storage:
+        case "local":
+            return LocalStorage(settings.media_path)

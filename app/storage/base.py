@@ -1,0 +1,61 @@
+"""The storage interface: a few verbs over opaque keys, with stdlib errors.
+
+Adapters: ``LocalStorage`` (a folder on disk, atomic writes) and ``MemoryStorage`` (a fake for
+tests, like httpx's MockTransport). ``get`` raises ``FileNotFoundError`` for a missing key;
+``delete`` of a missing key is not an error. Keys are made by the service, never by clients,
+and always match ``KEY_PATTERN``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+# Segments start with a letter or digit: no "..", no hidden files, no absolute paths.
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){0,7}")
+
+CONTENT_TYPES = {".webp": "image/webp", ".png": "image/png", ".jpg": "image/jpeg"}
+
+
+def is_valid_key(key: str) -> bool:
+    return KEY_PATTERN.fullmatch(key) is not None and ".." not in key
+
+
+def content_type_for(key: str) -> str:
+    for suffix, content_type in CONTENT_TYPES.items():
+        if key.endswith(suffix):
+            return content_type
+    return "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: datetime
+
+
+class StorageUnavailable(OSError):
+    """The store did not answer or refused the call; the caller may retry later."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    async def get(self, key: str) -> bytes: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[StoredObject]: ...
+
+    def url(self, key: str, *, base_url: str) -> str: ...
+
+    async def check(self) -> None:
+        """Raise ``StorageUnavailable`` when the store cannot be used."""
+        ...

@@ -1,0 +1,106 @@
+"""Local-disk storage: files under one root folder, written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio.to_thread
+
+from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def path_for(self, key: str) -> Path:
+        """The file behind ``key``; ``FileNotFoundError`` for any key that could leave the root."""
+        if not is_valid_key(key):
+            raise FileNotFoundError(key)
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise FileNotFoundError(key)
+        return path
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await anyio.to_thread.run_sync(self._put, key, data)
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temp name starts with a dot, which no valid key does: it can never be served.
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def get(self, key: str) -> bytes:
+        return await anyio.to_thread.run_sync(self.path_for(key).read_bytes)
+
+    async def delete(self, key: str) -> None:
+        await anyio.to_thread.run_sync(self._delete, key)
+
+    def _delete(self, key: str) -> None:
+        try:
+            path = self.path_for(key)
+        except FileNotFoundError:
+            return
+        path.unlink(missing_ok=True)
+        # Remove folders the key emptied, up to (not including) the root.
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    async def exists(self, key: str) -> bool:
+        try:
+            path = self.path_for(key)
+        except FileNotFoundError:
+            return False
+        return await anyio.to_thread.run_sync(path.is_file)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        entries = await anyio.to_thread.run_sync(self._scan, prefix)
+        for entry in entries:
+            yield entry
+
+    def _scan(self, prefix: str) -> list[StoredObject]:
+        found = []
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for filename in filenames:
+                path = Path(dirpath, filename)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix) or not is_valid_key(key):
+                    continue
+                stat = path.stat()
+                found.append(
+                    StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                )
+        return sorted(found, key=lambda obj: obj.key)
+
+    def url(self, key: str, *, base_url: str) -> str:
+        return f"{base_url}/media/{key}"
+
+    async def check(self) -> None:
+        await anyio.to_thread.run_sync(self._check)
+
+    def _check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"media root {self.root} cannot be created: {exc}") from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageUnavailable(f"media root {self.root} is not writable")

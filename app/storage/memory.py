@@ -1,0 +1,52 @@
+"""An in-memory store with the same contract as the real ones, for tests and local tools."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str, datetime]] = {}
+        self.available = True
+
+    def _ensure_available(self) -> None:
+        if not self.available:
+            raise StorageUnavailable("memory storage switched off")
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        self._ensure_available()
+        if not is_valid_key(key):
+            raise FileNotFoundError(key)
+        self.objects[key] = (bytes(data), content_type, datetime.now(UTC))
+
+    async def get(self, key: str) -> bytes:
+        self._ensure_available()
+        try:
+            return self.objects[key][0]
+        except KeyError:
+            raise FileNotFoundError(key) from None
+
+    async def delete(self, key: str) -> None:
+        self._ensure_available()
+        self.objects.pop(key, None)
+
+    async def exists(self, key: str) -> bool:
+        self._ensure_available()
+        return key in self.objects
+
+    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        self._ensure_available()
+        for key in sorted(self.objects):
+            if key.startswith(prefix):
+                data, _content_type, modified = self.objects[key]
+                yield StoredObject(key, len(data), modified)
+
+    def url(self, key: str, *, base_url: str) -> str:
+        return f"{base_url}/media/{key}"
+
+    async def check(self) -> None:
+        self._ensure_available()

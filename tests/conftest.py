@@ -1,0 +1,172 @@
+"""Shared fixtures: settings on a temporary data folder, the app on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.core.config import Settings, load_settings
+from app.core.security import create_token
+from app.db.migrate import downgrade, upgrade
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+POSTGRES_URL = os.environ.get(
+    "AVATAR_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+CORPUS = Path(os.environ.get("AVATAR_TEST_CORPUS", ROOT.parent / "shared" / "corpus"))
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def missing(reason: str) -> None:
+    """Skip locally; in CI a missing dependency of the suite is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required)", pytrace=False)
+    pytest.skip(reason)
+
+
+def corpus_rows() -> list[dict[str, Any]]:
+    manifest = CORPUS / "manifest.json"
+    if not manifest.is_file():
+        return []
+    return json.loads(manifest.read_text())
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not (CORPUS / "manifest.json").is_file():
+        missing(f"image corpus not found at {CORPUS}")
+    return CORPUS
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "_env_file": None,
+        "env": "development",
+        "data_dir": tmp_path / "data",
+        "jwt_secret": TEST_SECRET,
+        "storage": "local",
+        "public_base_url": "",
+        "workers": 2,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+async def _postgres_answers(url: str) -> bool:
+    from sqlalchemy import text
+
+    from app.db.session import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if not asyncio.run(_postgres_answers(POSTGRES_URL)):
+        missing(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    downgrade(POSTGRES_URL, "base")
+    upgrade(POSTGRES_URL)
+    yield POSTGRES_URL
+    downgrade(POSTGRES_URL, "base")
+
+
+async def _truncate(url: str) -> None:
+    from sqlalchemy import text
+
+    from app.db.session import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM avatars"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
+        upgrade(url)
+        return url
+    url = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(url))
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url=database_url)
+
+
+@asynccontextmanager
+async def serving(application: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and talk to it through httpx."""
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, **kwargs: Any):
+    """A client and an auth-header maker for an app built with ``settings``."""
+
+    def headers(user_id: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {create_token(settings, user_id)}"}
+
+    async with serving(create_app(settings, **kwargs)) as http:
+        yield http, headers
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(app) as http:
+        yield http
+
+
+@pytest.fixture
+def auth(settings: Settings):
+    def headers(user_id: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {create_token(settings, user_id)}"}
+
+    return headers
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    root = settings.media_path
+    if not root.exists():
+        return []
+    return sorted(path for path in root.rglob("*") if path.is_file())

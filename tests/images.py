@@ -1,0 +1,111 @@
+"""Images made in the tests, and a parser that reads what a stored WebP really carries."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+from PIL import Image, ImageCms
+
+GPS_IFD = 0x8825
+ORIENTATION = 0x0112
+
+
+def jpeg_with_metadata(
+    size: tuple[int, int] = (640, 480),
+    *,
+    orientation: int = 1,
+    color: tuple[int, int, int] = (200, 60, 30),
+    gps: bool = True,
+    xmp: bytes = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">secret-xmp</x:xmpmeta>',
+    comment: bytes = b"secret-comment",
+) -> bytes:
+    image = Image.new("RGB", size, color)
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    exif[0x010F] = "SecretCameraMaker"  # Make
+    exif[0x0110] = "SecretModel"  # Model
+    if gps:
+        exif.get_ifd(GPS_IFD).update({1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 0.0)})
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, xmp=xmp, comment=comment, quality=90)
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def marked_orientation_jpeg(orientation: int) -> bytes:
+    """A 60x40 upright picture (red left half, blue right half, green top-left block) stored
+    rotated/flipped as a camera would, with the EXIF orientation that undoes it."""
+    from app.imaging.pipeline import _ORIENTATION_TRANSPOSE
+
+    upright = upright_marker()
+    stored = upright
+    inverse = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
+    assert set(inverse) == set(_ORIENTATION_TRANSPOSE)
+    if orientation in inverse:
+        stored = upright.transpose(inverse[orientation])
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return encode(stored, "JPEG", exif=exif, quality=95)
+
+
+def upright_marker() -> Image.Image:
+    image = Image.new("RGB", (60, 40), (220, 20, 20))
+    image.paste((20, 20, 220), (30, 0, 60, 40))
+    image.paste((20, 200, 20), (0, 0, 15, 10))
+    return image
+
+
+def cmyk_jpeg_with_profile() -> bytes:
+    """A CMYK JPEG; without a CMYK ICC profile at hand, Pillow's own conversion is the reference."""
+    image = Image.new("CMYK", (64, 64), (0, 255, 255, 0))  # pure red ink mix
+    return encode(image, "JPEG", quality=95)
+
+
+def srgb_profile_bytes() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def riff_chunks(data: bytes) -> list[str]:
+    """The FourCC of every chunk in a WebP file, parsed from the bytes themselves."""
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP", "not a WebP file"
+    chunks = []
+    offset = 12
+    while offset + 8 <= len(data):
+        fourcc = data[offset : offset + 4].decode("latin-1")
+        (size,) = struct.unpack("<I", data[offset + 4 : offset + 8])
+        chunks.append(fourcc)
+        offset += 8 + size + (size & 1)
+    return chunks
+
+
+FORBIDDEN_CHUNKS = {"EXIF", "XMP ", "ICCP"}
+VP8X_METADATA_FLAGS = 0x20 | 0x08 | 0x04  # ICC, EXIF, XMP
+
+
+def assert_clean_webp(data: bytes, *, markers: tuple[bytes, ...] = ()) -> None:
+    chunks = riff_chunks(data)
+    assert not FORBIDDEN_CHUNKS & set(chunks), f"metadata chunks in output: {chunks}"
+    if chunks and chunks[0] == "VP8X":
+        flags = data[20]
+        assert not flags & VP8X_METADATA_FLAGS, f"VP8X announces metadata: {flags:#x}"
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "WEBP"
+        for key in ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment"):
+            assert not image.info.get(key), f"{key} in output"
+        assert not image.getexif(), "EXIF readable from output"
+    for marker in markers:
+        assert marker not in data, f"payload marker {marker!r} in output"
