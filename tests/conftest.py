@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 
 from app.core.config import Settings, load_settings
 from app.core.security import create_token
-from app.db.migrate import downgrade, upgrade
+from app.db.migrate import upgrade
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,30 +64,37 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(**values)
 
 
-async def _postgres_answers(url: str) -> bool:
-    from sqlalchemy import text
+async def _admin(url: str, *statements: str) -> None:
+    """Run statements outside a transaction on the server behind ``url``."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
 
-    from app.db.session import create_engine
-
-    engine = create_engine(url)
+    parsed = make_url(url)
+    connection = await asyncpg.connect(
+        user=parsed.username, password=parsed.password, host=parsed.host,
+        port=parsed.port or 5432, database=parsed.database, timeout=5,
+    )
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
+        for statement in statements:
+            await connection.execute(statement)
     finally:
-        await engine.dispose()
+        await connection.close()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    if not asyncio.run(_postgres_answers(POSTGRES_URL)):
-        missing(f"PostgreSQL not reachable at {POSTGRES_URL}")
-    downgrade(POSTGRES_URL, "base")
-    upgrade(POSTGRES_URL)
-    yield POSTGRES_URL
-    downgrade(POSTGRES_URL, "base")
+    """A database of this test run's own on the PostgreSQL server, so runs never collide."""
+    from sqlalchemy.engine import make_url
+
+    name = f"avatar_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_admin(POSTGRES_URL, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        missing(f"PostgreSQL not reachable at {POSTGRES_URL}: {type(exc).__name__}: {exc}")
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _truncate(url: str) -> None:
