@@ -77,6 +77,4 @@ async def read_multipart_file(request: Request, max_bytes: int) -> bytes:
         await form.close()
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
-    if not data:
-        raise MissingFile("The uploaded file is empty.")
     return data

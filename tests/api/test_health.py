@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import shutil
+
+from tests.conftest import make_settings, running_app
+
+
+async def test_healthz(client) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_readyz_checks_database_and_storage(client) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "storage": "ok"}}
+
+
+async def test_readyz_reports_an_unreachable_database(tmp_path) -> None:
+    # The SQLite file's folder vanishes under the running service.
+    settings = make_settings(tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path}/gone/x.db")
+    async with running_app(settings) as (client, _auth):
+        shutil.rmtree(tmp_path / "gone")
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["database"].startswith("unavailable")
+        assert response.json()["checks"]["storage"] == "ok"
+
+
+async def test_readyz_reports_unwritable_storage(tmp_path, sqlite_url) -> None:
+    settings = make_settings(tmp_path, database_url=sqlite_url)
+    async with running_app(settings) as (client, _auth):
+        shutil.rmtree(settings.media_path, ignore_errors=True)
+        settings.media_path.parent.mkdir(parents=True, exist_ok=True)
+        settings.media_path.write_text("a file where the folder should be")
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["storage"].startswith("unavailable")

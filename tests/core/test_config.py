@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from app.core.config import ConfigurationError, load_settings
+
+
+def test_embedded_defaults(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("AVATAR_"):
+            monkeypatch.delenv(name)
+    settings = load_settings(_env_file=None)
+    assert settings.env == "development"
+    assert settings.database_url == "sqlite+aiosqlite:///data/avatar.db"
+    assert settings.storage == "local"
+    assert settings.media_path == Path("data/media")
+    assert settings.max_upload_bytes == 10 * 1024 * 1024
+    assert settings.max_dimension == 4096
+    assert settings.max_pixels == 50_000_000
+    assert settings.thumbnail_size == 400
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("AVATAR_MAX_UPLOAD_BYTES", "1234")
+    monkeypatch.setenv("AVATAR_PUBLIC_BASE_URL", "https://cdn.example.test/")
+    settings = load_settings(_env_file=None, data_dir=tmp_path)
+    assert settings.max_upload_bytes == 1234
+    assert settings.public_base_url == "https://cdn.example.test"
+
+
+def test_env_file_is_read(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AVATAR_THUMBNAIL_SIZE", raising=False)
+    (tmp_path / ".env").write_text("AVATAR_THUMBNAIL_SIZE=256\n")
+    assert load_settings().thumbnail_size == 256
+
+
+def test_production_refuses_to_start_without_a_secret(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="AVATAR_JWT_SECRET"):
+        load_settings(_env_file=None, env="production", jwt_secret="", data_dir=tmp_path)
+
+
+def test_production_refuses_a_short_secret(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
+        load_settings(_env_file=None, env="production", jwt_secret="short", data_dir=tmp_path)
+
+
+def test_invalid_values_are_reported_readably(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="max_upload_bytes"):
+        load_settings(_env_file=None, max_upload_bytes=0, data_dir=tmp_path)
+
+
+def test_development_secret_is_generated_once_and_kept(tmp_path) -> None:
+    first = load_settings(_env_file=None, jwt_secret="", data_dir=tmp_path)
+    secret = first.signing_secret()
+    assert len(secret) >= 32
+    second = load_settings(_env_file=None, jwt_secret="", data_dir=tmp_path)
+    assert second.signing_secret() == secret
+    mode = stat.S_IMODE((tmp_path / "jwt-secret").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_explicit_secret_wins(tmp_path) -> None:
+    settings = load_settings(_env_file=None, jwt_secret="explicit-" + "z" * 40, data_dir=tmp_path)
+    assert settings.signing_secret().startswith("explicit-")
+    assert not (tmp_path / "jwt-secret").exists()
