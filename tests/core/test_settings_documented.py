@@ -1,0 +1,30 @@
+"""`.env.example` names every setting of the code, and nothing else."""
+
+from __future__ import annotations
+
+import re
+
+from app.core.config import Settings
+from tests.conftest import ROOT
+
+
+def documented_settings() -> set[str]:
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^(AVATAR_[A-Z0-9_]+)=", text, flags=re.MULTILINE))
+
+
+def code_settings() -> set[str]:
+    return {f"AVATAR_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_env_example_lists_every_setting() -> None:
+    assert documented_settings() == code_settings()
+
+
+def test_env_example_parses_with_its_defaults(tmp_path) -> None:
+    from app.core.config import load_settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text((ROOT / ".env.example").read_text())
+    settings = load_settings(_env_file=str(env_file), data_dir=tmp_path)
+    assert settings == load_settings(_env_file=None, data_dir=tmp_path)
