@@ -47,12 +47,15 @@ PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
 
 
 def get_current_user(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated("A bearer token is required.")
-    return decode_token(settings, credentials.credentials)
+    user_id = decode_token(settings, credentials.credentials)
+    request.state.user_id = user_id  # for the request log line
+    return user_id
 
 
 CurrentUser = Annotated[str, Depends(get_current_user)]

@@ -1,0 +1,145 @@
+"""Prometheus metrics, on a registry of each app's own (so tests can build many apps)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.storage.base import Storage, StoredObject
+
+T = TypeVar("T")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "avatar_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "avatar_http_request_duration_seconds",
+            "HTTP request duration by route template.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.bytes_in = Counter(
+            "avatar_http_request_bytes_total",
+            "Request body bytes received, by route template.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.bytes_out = Counter(
+            "avatar_http_response_bytes_total",
+            "Response body bytes sent, by route template.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.uploads = Counter(
+            "avatar_uploads_total",
+            "Avatar uploads by outcome: `created` or the problem code.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.uploads_in_flight = Gauge(
+            "avatar_uploads_in_flight",
+            "Uploads being received, processed or stored right now.",
+            registry=self.registry,
+        )
+        self.processing_seconds = Histogram(
+            "avatar_image_processing_seconds",
+            "Time spent in the image pipeline per upload (in a worker, queueing excluded).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.storage_seconds = Histogram(
+            "avatar_storage_operation_seconds",
+            "Storage call latency by operation.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.storage_errors = Counter(
+            "avatar_storage_errors_total",
+            "Storage calls that failed, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+
+    def timed(self, func: Callable[..., T]) -> Callable[..., T]:
+        """Wrap a function run in a worker so that only its own run time is observed."""
+
+        def run(*args: Any, **kwargs: Any) -> T:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.processing_seconds.observe(time.perf_counter() - start)
+
+        return run
+
+
+class InstrumentedPool:
+    """A worker pool whose jobs record their run time (queueing excluded)."""
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.inner.run(self.metrics.timed(func), *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class InstrumentedStorage:
+    """A Storage that records each call's latency and failures, then delegates."""
+
+    def __init__(self, inner: Storage, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def _observe(self, operation: str, call: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await call
+        except FileNotFoundError:
+            raise  # a missing key is an answer, not a storage failure
+        except Exception:
+            self.metrics.storage_errors.labels(operation).inc()
+            raise
+        finally:
+            self.metrics.storage_seconds.labels(operation).observe(time.perf_counter() - start)
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        await self._observe("put", self.inner.put(key, data, content_type))
+
+    async def get(self, key: str) -> bytes:
+        return await self._observe("get", self.inner.get(key))
+
+    async def delete(self, key: str) -> None:
+        await self._observe("delete", self.inner.delete(key))
+
+    async def exists(self, key: str) -> bool:
+        return await self._observe("exists", self.inner.exists(key))
+
+    def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        return self.inner.list(prefix)
+
+    def url(self, key: str, *, base_url: str) -> str:
+        return self.inner.url(key, base_url=base_url)
+
+    async def check(self) -> None:
+        await self._observe("check", self.inner.check())
+
+    def __getattr__(self, name: str) -> Any:  # adapter extras (e.g. the S3 client) stay reachable
+        return getattr(self.inner, name)
