@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import NotAuthenticated
-from app.core.security import decode_token
+from app.core.ratelimit import UploadRateLimiter
+from app.core.security import TokenVerifier
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
 from app.storage.base import Storage
@@ -46,19 +48,33 @@ PoolDep = Annotated[WorkerPool, Depends(get_pool)]
 PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
 
 
-def get_current_user(
+async def get_current_user(
     request: Request,
-    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated("A bearer token is required.")
-    user_id = decode_token(settings, credentials.credentials)
+    verifier: TokenVerifier = request.app.state.token_verifier
+    if verifier.needs_network:  # a JWKS fetch must not block the event loop
+        user_id = await anyio.to_thread.run_sync(verifier.verify, credentials.credentials)
+    else:
+        user_id = verifier.verify(credentials.credentials)
     request.state.user_id = user_id  # for the request log line
     return user_id
 
 
 CurrentUser = Annotated[str, Depends(get_current_user)]
+
+
+async def get_uploading_user(request: Request, user_id: CurrentUser) -> str:
+    """The authenticated user, counted against the upload rate limit (before the body is read)."""
+    limiter: UploadRateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        await limiter.hit(user_id)
+    return user_id
+
+
+UploadingUser = Annotated[str, Depends(get_uploading_user)]
 
 
 def get_base_url(request: Request, settings: SettingsDep) -> str:

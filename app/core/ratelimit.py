@@ -1,0 +1,78 @@
+"""Per-user upload rate limits with the `limits` library.
+
+In memory by default (each process counts on its own); through Redis when ``AVATAR_REDIS_URL``
+is set, so every replica shares one count per user. If Redis stops answering, uploads are let
+through (and a warning is logged): a rate limit must not take the service down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import Storage as LimitsStorage
+from limits.storage import storage_from_string
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from app.core.errors import RateLimited
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "avatar-upload"
+
+
+def limits_storage_uri(redis_url: str) -> str:
+    if not redis_url:
+        return "async+memory://"
+    scheme, sep, rest = redis_url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ValueError("AVATAR_REDIS_URL must start with redis:// or rediss://")
+    return f"async+{scheme}://{rest}"
+
+
+class UploadRateLimiter:
+    def __init__(self, rate: str, redis_url: str = "") -> None:
+        self.items: list[RateLimitItem] = parse_many(rate)
+        uri = limits_storage_uri(redis_url)
+        options: dict[str, object] = {}
+        self._redis_pool = None
+        if redis_url:
+            import redis.asyncio
+
+            # Our own pool, so that the connections can be closed with the app.
+            self._redis_pool = redis.asyncio.ConnectionPool.from_url(
+                redis_url, socket_connect_timeout=1, socket_timeout=1
+            )
+            options = {
+                "implementation": "redispy",
+                "key_prefix": "avatar",
+                "connection_pool": self._redis_pool,
+            }
+        self.storage: LimitsStorage = storage_from_string(uri, **options)
+        self.limiter = MovingWindowRateLimiter(self.storage)
+
+    async def close(self) -> None:
+        if self._redis_pool is not None:
+            await self._redis_pool.aclose()
+
+    async def hit(self, user_id: str) -> None:
+        """Count one upload for ``user_id``; raise RateLimited when a limit is used up."""
+        for item in self.items:
+            try:
+                allowed = await self.limiter.hit(item, NAMESPACE, user_id)
+            except Exception as exc:
+                logger.warning("rate limit storage failed (%s); upload let through", exc)
+                return
+            if not allowed:
+                stats = await self.limiter.get_window_stats(item, NAMESPACE, user_id)
+                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+                raise RateLimited(
+                    f"At most {item.amount} uploads per {item.get_expiry()} seconds; "
+                    f"retry in {retry_after} s.",
+                    retry_after=retry_after,
+                )
+
+    async def check(self) -> bool:
+        return await self.storage.check()
