@@ -7,14 +7,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
-from app.api.routes import avatars, health, media
+from app.api.routes import avatars, health, media, metrics
 from app.api.schemas import Problem
-from app.core.config import Settings, get_settings
+from app.core.config import ConfigurationError, Settings, get_settings
+from app.core.ratelimit import UploadRateLimiter
+from app.core.security import TokenVerifier
+from app.core.metrics import InstrumentedPool, InstrumentedStorage, Metrics
 from app.db.session import create_engine, create_sessionmaker
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
-from app.storage import Storage, build_storage
+from app.storage import Storage, StorageUnavailable, build_storage
 
 
 def pipeline_options(settings: Settings) -> PipelineOptions:
@@ -25,26 +29,55 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
     )
 
 
+async def check_storage(storage: Storage) -> None:
+    """The startup check: a store that cannot be used (a missing bucket, refused credentials,
+    an unreachable endpoint) stops the service with a one-line reason, not a traceback."""
+    try:
+        await storage.check()
+    except StorageUnavailable as exc:
+        raise ConfigurationError(f"the storage cannot be used: {exc}") from None
+
+
+def close_storage(storage: Storage) -> None:
+    """Release what an adapter holds (the S3 client's connections and threads), if anything."""
+    close = getattr(storage, "close", None)
+    if close is not None:
+        close()
+
+
 def create_app(settings: Settings | None = None, *, storage: Storage | None = None) -> FastAPI:
     settings = settings or get_settings()
-    settings.signing_secret()  # fail (or create the development secret) before serving
+    if settings.hs256_enabled:
+        settings.signing_secret()  # fail (or create the development secret) before serving
+    app_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
-        pool = WorkerPool(settings.workers, settings.queue_size)
+        pool = InstrumentedPool(WorkerPool(settings.workers, settings.queue_size), app_metrics)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessions = create_sessionmaker(engine)
-        app.state.storage = storage or build_storage(settings)
+        # An injected storage belongs to the caller, who closes it; a built one is closed here.
+        app.state.storage = InstrumentedStorage(storage or build_storage(settings), app_metrics)
         app.state.pool = pool
         app.state.pipeline_options = pipeline_options(settings)
-        await app.state.storage.check()
+        app.state.token_verifier = TokenVerifier(settings)
+        app.state.rate_limiter = (
+            UploadRateLimiter(settings.rate_limit, settings.redis_url)
+            if settings.rate_limit
+            else None
+        )
         try:
+            await check_storage(app.state.storage)
             yield
         finally:
             pool.shutdown()
+            if app.state.rate_limiter is not None:
+                await app.state.rate_limiter.close()
             await engine.dispose()
+            if storage is None:
+                close_storage(app.state.storage)
 
     app = FastAPI(
         title="Avatar service",
@@ -52,10 +85,13 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         summary="Uploads validated, sanitised, sized and stored in one call.",
         lifespan=lifespan,
     )
+    app.state.metrics = app_metrics
+    app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     install_problem_handlers(app)
     app.include_router(avatars.router)
     app.include_router(media.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
 
     original_openapi = app.openapi
 

@@ -27,6 +27,10 @@ POSTGRES_URL = os.environ.get(
 )
 CORPUS = Path(os.environ.get("AVATAR_TEST_CORPUS", ROOT.parent / "shared" / "corpus"))
 TEST_SECRET = "test-secret-" + "x" * 40
+# The store the suite's settings use: "local" (default) or "s3" (moto's server, over HTTP).
+TEST_STORAGE = os.environ.get("AVATAR_TEST_STORAGE", "local")
+if TEST_STORAGE not in ("local", "s3"):
+    raise pytest.UsageError(f"AVATAR_TEST_STORAGE must be local or s3, not {TEST_STORAGE!r}")
 
 
 def missing(reason: str) -> None:
@@ -59,9 +63,41 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "storage": "local",
         "public_base_url": "",
         "workers": 2,
+        "rate_limit": "",  # the rate-limit tests switch it on
     }
+    if TEST_STORAGE == "s3":
+        values.update(s3_suite_values())
     values.update(overrides)
     return load_settings(**values)
+
+
+def s3_suite_values() -> dict[str, Any]:
+    """S3 settings on a fresh bucket of the session's moto server, under a prefix, with URLs
+    that lead to the service's own /media route (where tests/api fetch images)."""
+    from tests.s3 import SERVICE_MEDIA_BASE, moto_available, moto_s3
+
+    if not moto_available():
+        missing("AVATAR_TEST_STORAGE=s3 needs boto3 and moto[server] installed")
+    return moto_s3().settings(s3_prefix="suite", s3_public_base_url=SERVICE_MEDIA_BASE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _moto_s3_lifetime() -> Iterator[None]:
+    """Stop the session's moto server, if a test started one."""
+    yield
+    from tests.s3 import stop_moto_s3
+
+    stop_moto_s3()
+
+
+@pytest.fixture
+def moto_server():
+    """The session's moto S3 server (every run has it, whatever AVATAR_TEST_STORAGE says)."""
+    from tests.s3 import moto_available, moto_s3
+
+    if not moto_available():
+        missing("boto3 and moto[server] are not installed")
+    return moto_s3()
 
 
 async def _admin(url: str, *statements: str) -> None:
@@ -173,7 +209,12 @@ def auth(settings: Settings):
     return headers
 
 
-def stored_files(settings: Settings) -> list[Path]:
+def stored_files(settings: Settings) -> list[Any]:
+    """Every stored file: ``Path``s on local storage, readable S3 objects on S3."""
+    if settings.storage == "s3":
+        from tests.s3 import stored_objects
+
+        return stored_objects(settings)
     root = settings.media_path
     if not root.exists():
         return []

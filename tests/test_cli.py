@@ -29,8 +29,12 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run_cli(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], cwd=tmp_path, env=cli_env(tmp_path, **extra),
-        capture_output=True, text=True, timeout=60,
+        [*CLI, *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -103,8 +107,11 @@ def server(tmp_path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115  (closed in finally)
     process = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port)], cwd=tmp_path, env=cli_env(tmp_path),
-        stdout=log, stderr=subprocess.STDOUT,
+        [*CLI, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -137,8 +144,9 @@ def test_readme_walkthrough_with_curl(server) -> None:
     photo.write_bytes(jpeg_with_metadata((1200, 900), orientation=6))
     token = run_cli(cwd, "token", "alice").stdout.strip()
 
-    uploaded = curl("-H", f"Authorization: Bearer {token}", "-F", f"file=@{photo}",
-                    f"{base}/users/me/avatar")
+    uploaded = curl(
+        "-H", f"Authorization: Bearer {token}", "-F", f"file=@{photo}", f"{base}/users/me/avatar"
+    )
     document = json.loads(uploaded.stdout)
     assert (document["width"], document["height"]) == (900, 1200)
     assert document["avatar_url"].startswith(f"{base}/media/")
@@ -146,13 +154,25 @@ def test_readme_walkthrough_with_curl(server) -> None:
     public = json.loads(curl(f"{base}/users/alice/avatar").stdout)
     assert public == document
 
-    fetched = curl("-o", str(cwd / "avatar.webp"), "-w", "%{http_code} %{content_type}",
-                   document["avatar_thumb_url"])
+    fetched = curl(
+        "-o",
+        str(cwd / "avatar.webp"),
+        "-w",
+        "%{http_code} %{content_type}",
+        document["avatar_thumb_url"],
+    )
     assert fetched.stdout == "200 image/webp"
     assert (cwd / "avatar.webp").read_bytes()[8:12] == b"WEBP"
 
-    deleted = curl("-X", "DELETE", "-H", f"Authorization: Bearer {token}", "-w", "%{http_code}",
-                   f"{base}/users/me/avatar")
+    deleted = curl(
+        "-X",
+        "DELETE",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "-w",
+        "%{http_code}",
+        f"{base}/users/me/avatar",
+    )
     assert deleted.stdout == "204"
     gone = curl("-w", "%{http_code}", "-o", "/dev/null", document["avatar_url"])
     assert gone.stdout == "404"

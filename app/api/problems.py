@@ -18,7 +18,9 @@ from app.core.errors import (
     InvalidRequest,
     MethodNotAllowed,
     ResourceNotFound,
+    StorageUnavailableError,
 )
+from app.storage.base import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -51,34 +53,45 @@ def _from_http_exception(exc: StarletteHTTPException) -> AppError:
     return generic
 
 
+def render(request: Request, error: AppError, **extra: Any) -> ProblemResponse:
+    request.state.error_code = error.code  # for the request log line and the metrics
+    return problem(error, **extra)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    async def on_app_error(_request: Request, exc: Exception) -> ProblemResponse:
+    async def on_app_error(request: Request, exc: Exception) -> ProblemResponse:
         assert isinstance(exc, AppError)
-        return problem(exc)
+        return render(request, exc)
 
-    async def on_http_exception(_request: Request, exc: Exception) -> ProblemResponse:
+    async def on_http_exception(request: Request, exc: Exception) -> ProblemResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return problem(_from_http_exception(exc))
+        return render(request, _from_http_exception(exc))
 
-    async def on_validation_error(_request: Request, exc: Exception) -> ProblemResponse:
+    async def on_validation_error(request: Request, exc: Exception) -> ProblemResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
             {"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in exc.errors()
         ]
-        return problem(InvalidRequest("The request is not valid."), errors=errors)
+        return render(request, InvalidRequest("The request is not valid."), errors=errors)
 
-    async def on_database_error(_request: Request, exc: Exception) -> ProblemResponse:
+    async def on_database_error(request: Request, exc: Exception) -> ProblemResponse:
         logger.error("database error: %s", type(exc).__name__)
-        return problem(DatabaseUnavailable("The database is not available; retry later."))
+        return render(request, DatabaseUnavailable("The database is not available; retry later."))
 
-    async def on_unexpected(_request: Request, exc: Exception) -> ProblemResponse:
+    async def on_storage_error(request: Request, exc: Exception) -> ProblemResponse:
+        logger.error("storage error: %s", exc)
+        error = StorageUnavailableError("The image store is not available; retry later.")
+        return render(request, error)
+
+    async def on_unexpected(request: Request, exc: Exception) -> ProblemResponse:
         logger.exception("unexpected error")
-        return problem(AppError("An unexpected error occurred."))
+        return render(request, AppError("An unexpected error occurred."))
 
     app.add_exception_handler(AppError, on_app_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(SQLAlchemyError, on_database_error)
+    app.add_exception_handler(StorageUnavailable, on_storage_error)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -50,9 +50,7 @@ async def read_multipart_file(request: Request, max_bytes: int) -> bytes:
     """Return the bytes of the ``file`` part of a multipart/form-data body."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise UnsupportedContentType(
-            "Send the image as multipart/form-data with the field 'file'."
-        )
+        raise UnsupportedContentType("Send the image as multipart/form-data with the field 'file'.")
     body_limit = max_bytes + ENVELOPE_BYTES
     check_declared_length(request, body_limit)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -13,8 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 
+SUPPORTED_ALGORITHMS = {"HS256", "RS256", "ES256"}
+
 # Secrets shorter than this are refused in production: HS256 wants at least 256 bits.
 MIN_SECRET_BYTES = 32
+
+S3_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*")
 
 
 class ConfigurationError(RuntimeError):
@@ -23,19 +28,51 @@ class ConfigurationError(RuntimeError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="AVATAR_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="AVATAR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
     )
 
     env: Literal["development", "production"] = "development"
     data_dir: Path = Path("./data")
     database_url: str = ""
-    storage: Literal["local"] = "local"
+    storage: Literal["local", "s3"] = "local"
     media_root: Path | None = None
     public_base_url: str = ""
 
+    # S3 or an S3-compatible store (MinIO, R2, Ceph). Credentials come from boto3's standard
+    # chain (environment, profile, instance role), never from these settings.
+    s3_bucket: str = ""
+    s3_region: str = ""
+    s3_endpoint_url: str = ""
+    s3_prefix: str = ""
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_public_base_url: str = ""
+    # SigV4 presigned URLs live at most seven days.
+    s3_presign_ttl: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    s3_connect_timeout: float = Field(default=2.0, gt=0)
+    s3_read_timeout: float = Field(default=10.0, gt=0)
+    s3_max_attempts: int = Field(default=3, ge=1, le=10)
+    s3_max_connections: int = Field(default=10, gt=0)
+
     jwt_secret: str = ""
-    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256", "RS256", "ES256"])
+    # An identity provider's public key (PEM) or JWKS URL, for RS256/ES256 tokens.
+    jwt_public_key: str = ""
+    jwks_url: str = ""
+    jwks_cache_seconds: int = Field(default=300, gt=0)
+    # Shortest time between two JWKS fetches caused by tokens with an unknown key id.
+    jwks_refresh_cooldown_seconds: float = Field(default=30.0, ge=0)
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
     token_ttl_seconds: int = Field(default=3600, gt=0)
+
+    # Uploads per user, as "N/second|minute|hour|day"; empty switches the limit off.
+    rate_limit: str = "30/minute"
+    # Redis shared by the replicas (rate limits); unset: each process keeps its own counts.
+    redis_url: str = ""
 
     max_upload_bytes: int = Field(default=10 * MIB, gt=0)
     max_dimension: int = Field(default=4096, gt=0)
@@ -51,13 +88,41 @@ class Settings(BaseSettings):
         if self.media_root is None:
             self.media_root = self.data_dir / "media"
         self.public_base_url = self.public_base_url.rstrip("/")
-        if self.env == "production":
-            if not self.jwt_secret:
+        self.s3_public_base_url = self.s3_public_base_url.rstrip("/")
+        self.s3_prefix = self.s3_prefix.strip("/")
+        if self.s3_prefix:
+            if not S3_PREFIX_PATTERN.fullmatch(self.s3_prefix) or ".." in self.s3_prefix:
                 raise ValueError(
-                    "AVATAR_JWT_SECRET must be set when AVATAR_ENV=production "
-                    "(the generated development secret is never used there)"
+                    "AVATAR_S3_PREFIX must be folder names of letters, digits, '.', '_' or '-' "
+                    "separated by '/'"
                 )
-            if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            self.s3_prefix += "/"
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("AVATAR_S3_BUCKET must be set when AVATAR_STORAGE=s3")
+        unknown = set(self.jwt_algorithms) - SUPPORTED_ALGORITHMS
+        if unknown:
+            raise ValueError(
+                f"AVATAR_JWT_ALGORITHMS: unsupported {sorted(unknown)}; "
+                f"choose from {sorted(SUPPORTED_ALGORITHMS)}"
+            )
+        if self.rate_limit:
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ValueError(
+                    f"AVATAR_RATE_LIMIT {self.rate_limit!r} is not like '10/minute'"
+                ) from None
+        if self.env == "production":
+            has_public_key = bool(self.jwt_public_key or self.jwks_url)
+            if not self.jwt_secret and not has_public_key:
+                raise ValueError(
+                    "AVATAR_JWT_SECRET (or AVATAR_JWT_PUBLIC_KEY / AVATAR_JWKS_URL) must be set "
+                    "when AVATAR_ENV=production (the generated development secret is never "
+                    "used there)"
+                )
+            if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
                 raise ValueError(
                     f"AVATAR_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes in production"
                 )
@@ -67,6 +132,13 @@ class Settings(BaseSettings):
     def media_path(self) -> Path:
         assert self.media_root is not None  # set by _derive_defaults
         return self.media_root
+
+    @property
+    def hs256_enabled(self) -> bool:
+        """HS256 tokens are accepted: allowed, and a secret is set or may be generated."""
+        return "HS256" in self.jwt_algorithms and bool(
+            self.jwt_secret or self.env == "development"
+        )
 
     def signing_secret(self) -> str:
         """The HS256 secret: the configured one, or in development one generated once

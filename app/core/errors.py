@@ -15,11 +15,15 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     │   ├── UnsupportedFormat       415 unsupported_format
     │   ├── CorruptImage            422 corrupt_image
     │   ├── TooManyPixels           422 too_many_pixels
-    │   └── DimensionsTooLarge      422 dimensions_too_large
+    │   ├── DimensionsTooLarge      422 dimensions_too_large
+    │   ├── TooManyFrames           422 too_many_frames
+    │   └── InvalidCrop             422 invalid_crop
+    ├── RateLimited                 429 rate_limited (with Retry-After)
     ├── ServerBusy                  503 server_busy (with Retry-After)
     └── ServiceUnavailable          503 service_unavailable
         ├── DatabaseUnavailable     503 database_unavailable
-        └── StorageUnavailableError 503 storage_unavailable
+        ├── StorageUnavailableError 503 storage_unavailable
+        └── IdentityProviderUnavailable 503 identity_provider_unavailable
 
 Nothing here imports a web framework: services and the pipeline raise these, the API renders them.
 """
@@ -125,6 +129,16 @@ class DimensionsTooLarge(ImageError):
     title = "Image dimensions too large"
 
 
+class TooManyFrames(ImageError):
+    code = "too_many_frames"
+    title = "Too many frames"
+
+
+class InvalidCrop(ImageError):
+    code = "invalid_crop"
+    title = "Invalid crop"
+
+
 class ServerBusy(AppError):
     status = 503
     code = "server_busy"
@@ -151,6 +165,20 @@ class DatabaseUnavailable(ServiceUnavailable):
 class StorageUnavailableError(ServiceUnavailable):
     code = "storage_unavailable"
     title = "Storage unavailable"
+
+
+class IdentityProviderUnavailable(ServiceUnavailable):
+    code = "identity_provider_unavailable"
+    title = "Identity provider unavailable"
+
+
+class RateLimited(AppError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many uploads"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 def all_error_classes() -> list[type[AppError]]:

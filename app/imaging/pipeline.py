@@ -1,37 +1,83 @@
 """The image pipeline: untrusted bytes in, sanitised WebP variants out.
 
-Pure: no I/O besides memory, no HTTP, no database. Every step treats the input as hostile, in
-this fixed order:
+Pure: no I/O besides memory, no HTTP, no database. ``process_image`` runs these steps in this
+fixed order; every one treats the input as hostile:
 
-1. ``sniff``       type by content (magic bytes), never by name or declared type
-2. ``open_image``  Pillow opened with only that format allowed; header parsed, no pixels yet
-3. ``check_size``  width x height and each side checked before any pixel is decoded
-4. ``decode``      ``load()`` the first frame; any decoder exception becomes ``CorruptImage``
-5. ``orient``      EXIF orientation applied by transposing pixels
-6. ``to_srgb``     embedded ICC profile (RGB, CMYK or grey) converted to sRGB; 16-bit to 8-bit
-7. ``encode``      WebP written from a fresh image: no EXIF, XMP, IPTC, ICC or comments survive
-8. ``square``      centre-cropped square thumbnail, never upscaled
+1. ``sniff``        type by content (magic bytes), never by name; checked against the allow-list
+2. ``open_image``   Pillow opened with only that format allowed; header parsed, no pixels yet
+3. ``check_size``   width x height, each side, and for animations frames x width x height,
+                    from the headers, before any pixel is decoded
+4. ``decode``       the first frame; a JPEG larger than every output is decoded DCT-scaled
+                    (``draft``); any decoder exception becomes ``CorruptImage``
+5. ``inspect``      after ``load()``: the EXIF orientation, and the report of what is removed
+6. ``orient``       EXIF orientation applied by transposing pixels
+7. ``to_srgb``      embedded ICC profile converted to sRGB; 16-bit, palette, grey -> 8-bit RGB(A);
+                    the image leaves with an empty ``info``: nothing read from the file survives
+8. ``fit``          the crop box (or the whole picture) -> the original, capped; its centre
+                    square -> the thumbnails, each made from the one before, never upscaled
+9. ``encode``       WebP from pixels alone: no EXIF, XMP, ICC or comment can reach the encoder
+
+An animated GIF, WebP, PNG or AVIF repeats steps 6-8 for each frame and is encoded as an
+animated WebP (durations and loop count kept), plus a ``still`` of its first frame. A frame that
+cannot be decoded ends the animation there; a broken first frame is a ``CorruptImage``.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
-from PIL import Image, ImageCms, ImageFile
+import pillow_heif
+from PIL import ExifTags, Image, ImageCms, ImageFile
 
 from app.core.errors import (
     CorruptImage,
     DimensionsTooLarge,
+    InvalidCrop,
+    TooManyFrames,
     TooManyPixels,
     UnsupportedFormat,
 )
 
 # A truncated file is corrupt, never "the pixels we managed to read".
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# HEIC/HEIF through libheif. Registering only makes Pillow able to open it: ``open_image`` asks
+# for the one format ``sniff`` found, and only when it is allow-listed. Embedded thumbnails,
+# depth maps and auxiliary images are never read.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 WEBP_CONTENT_TYPE = "image/webp"
+# libwebp cannot encode a side longer than this.
+WEBP_MAX_SIDE = 16383
+
+ALL_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF"})
+# What the service takes unless configured otherwise (the corpus classes assume these four).
+DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP"})
+_FORMAT_NAMES = {
+    "JPEG": "JPEG",
+    "PNG": "PNG",
+    "GIF": "GIF",
+    "WEBP": "WebP",
+    "HEIF": "HEIC/HEIF",
+    "AVIF": "AVIF",
+}
+# Formats whose extra frames are an animation (an MPO's second frame is a stereo view, a HEIF's
+# further images are a burst: both keep their first image only).
+ANIMATED_FORMATS = frozenset({"GIF", "WEBP", "PNG", "AVIF"})
+
+# JPEG draft decoding: a DCT-scaled decode that lands at most this fraction under the original's
+# size cap is kept at that size (a 4032 px photo is stored at 2016 px instead of being decoded
+# in full and resampled to 2048 px: about 40% less time for 1.6% fewer pixels per side).
+DRAFT_SLACK = 1 / 16
+# Animated WebP: method 2 and minimize_size, measured on the corpus's GIFs (benchmarks README).
+ANIMATION_METHOD = 2
+# resize() first shrinks by an integer factor with reduce() until the image is within this
+# factor of the target, then resamples with Lanczos: same look, a fraction of the work.
+REDUCING_GAP = 3.0
 
 _MAGIC: tuple[tuple[Callable[[bytes], bool], str], ...] = (
     (lambda b: b.startswith(b"\xff\xd8\xff"), "JPEG"),
@@ -39,6 +85,13 @@ _MAGIC: tuple[tuple[Callable[[bytes], bool], str], ...] = (
     (lambda b: b[:6] in (b"GIF87a", b"GIF89a"), "GIF"),
     (lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP", "WEBP"),
 )
+# ISO base media file brands (the ``ftyp`` box) of AVIF and of HEVC-coded HEIF.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+# An image spatial extents property: size 20, "ispe", version + flags, width, height.
+_ISPE = re.compile(rb"\x00\x00\x00\x14ispe.{4}(.{4})(.{4})", re.DOTALL)
 
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose,
 # which we do not use because it carries the EXIF block, GPS included, onto its result).
@@ -52,18 +105,57 @@ _ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION_TAG = 0x0112
+# Tags that identify the camera or its owner (IFD0 and the Exif IFD).
+_CAMERA_TAGS = frozenset(
+    {
+        0x010F,  # Make
+        0x0110,  # Model
+        0x927C,  # MakerNote
+        0xA430,  # CameraOwnerName
+        0xA431,  # BodySerialNumber
+        0xA433,  # LensMake
+        0xA434,  # LensModel
+        0xA435,  # LensSerialNumber
+    }
+)
+_DATETIME_TAGS = frozenset({0x0132, 0x9003, 0x9004})  # DateTime, DateTimeOriginal, -Digitized
+# Pointers to other IFDs, and the orientation (reported as ``orientation_applied``).
+_STRUCTURE_TAGS = frozenset({_EXIF_ORIENTATION_TAG, 0x8769, 0x8825, 0xA005})
+
+_PNG_XMP = "XML:com.adobe.xmp"
 
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
+class CropBox(NamedTuple):
+    """A region of the upright image, in its pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
-    max_pixels: int = 50_000_000
+    max_pixels: int = 50_000_000  # per still image, and across all frames of an animation
     max_dimension: int = 4096
-    thumbnail_size: int = 400
+    max_frames: int = 200
+    thumbnail_size: int = 400  # the "thumb" variant
+    thumbnail_sizes: tuple[int, ...] = (256, 128, 64)  # more squares, "thumb-<size>"
+    original_max_side: int = 2048  # 0 keeps the full resolution
+    formats: frozenset[str] = DEFAULT_FORMATS
     original_quality: int = 85
     thumbnail_quality: int = 80
+    # Chosen by measurement (benchmarks/pipeline.py --methods; the table is in the README).
     webp_method: int = 4
+
+    def squares(self) -> tuple[tuple[str, int], ...]:
+        """(variant name, side) of every thumbnail, largest first."""
+        sides = sorted({self.thumbnail_size, *self.thumbnail_sizes}, reverse=True)
+        return tuple(
+            ("thumb" if side == self.thumbnail_size else f"thumb-{side}", side) for side in sides
+        )
 
 
 @dataclass(frozen=True)
@@ -73,6 +165,7 @@ class Variant:
     width: int
     height: int
     content_type: str = WEBP_CONTENT_TYPE
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +175,9 @@ class ProcessedImage:
     height: int
     orientation: int
     variants: tuple[Variant, ...] = field(default_factory=tuple)
+    # What the input carried and the outputs do not, e.g. ("exif.gps", "xmp", "icc->srgb").
+    metadata_removed: tuple[str, ...] = ()
+    frames: int = 1
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -90,41 +186,92 @@ class ProcessedImage:
         raise KeyError(name)
 
 
-def process_image(data: bytes, options: PipelineOptions | None = None) -> ProcessedImage:
-    """Validate and sanitise ``data``; return the ``original`` and ``thumb`` WebP variants.
+def process_image(
+    data: bytes, options: PipelineOptions | None = None, *, crop: CropBox | None = None
+) -> ProcessedImage:
+    """Validate and sanitise ``data``; return the WebP variants.
 
+    ``original`` (the crop box or the whole picture, capped), ``thumb`` and ``thumb-<size>``
+    (squares), and for animations ``still`` (the first frame of ``thumb``).
     Raises only ``app.core.errors.ImageError`` subclasses for bad input.
     """
     options = options or PipelineOptions()
-    source_format = sniff(data)
+    source_format = sniff(data, options.formats)
+    check_declared_sizes(data, source_format, options)
     image = open_image(data, source_format)
-    check_size(image.size, options)
-    image = decode(image)
-    orientation = read_orientation(image)
-    image = orient(image, orientation)
-    image = to_srgb(image)
+    full_size = image.size
+    check_size(full_size, options)
+    frame_count = count_frames(image, data, options)
 
-    original = encode(image, "original", quality=options.original_quality, options=options)
-    thumb = encode(
-        square(image, options.thumbnail_size),
-        "thumb",
-        quality=options.thumbnail_quality,
-        options=options,
-    )
+    draft(image, crop, options)
+    decode(image)
+    orientation, removed = inspect(image)
+    # libheif turns HEIF pixels upright itself (the size Pillow reports is already upright).
+    transpose = 1 if source_format == "HEIF" else orientation
+    animated = frame_count > 1
+    durations, loop = [frame_duration(image)], loop_count(image)
+
+    first = to_srgb(orient(_own(image, animated), transpose), removed)
+    layout = plan(full_size, transpose, first.size, crop, options)
+    rendered = [fit(first, layout)]
+    if animated:
+        for frame in later_frames(image, frame_count):
+            durations.append(frame_duration(frame))
+            removed |= inspect_text(frame)
+            rendered.append(fit(to_srgb(orient(_own(frame, True), transpose), removed), layout))
+
+    variants = encode_all(rendered, durations, loop, layout, options)
+    original = variants[0]
     return ProcessedImage(
         source_format=source_format,
-        width=image.width,
-        height=image.height,
+        width=original.width,
+        height=original.height,
         orientation=orientation,
-        variants=(original, thumb),
+        variants=variants,
+        metadata_removed=tuple(sorted(removed)),
+        frames=len(rendered),
     )
 
 
-def sniff(data: bytes) -> str:
-    for matches, name in _MAGIC:
-        if matches(data[:16]):
-            return name
-    raise UnsupportedFormat("The file is not a JPEG, PNG, GIF or WebP image.")
+# 1. sniff ---------------------------------------------------------------------------------------
+
+
+def sniff(data: bytes, allowed: frozenset[str] = ALL_FORMATS) -> str:
+    head = data[:64]
+    found = next((name for matches, name in _MAGIC if matches(head)), None) or _sniff_isobmff(head)
+    if found is None or found not in allowed:
+        names = ", ".join(_FORMAT_NAMES[name] for name in sorted(allowed))
+        raise UnsupportedFormat(f"The file is not an accepted image type ({names}).")
+    return found
+
+
+def _sniff_isobmff(head: bytes) -> str | None:
+    """AVIF or HEIF by the brands of a leading ``ftyp`` box."""
+    if head[4:8] != b"ftyp":
+        return None
+    size = int.from_bytes(head[:4], "big")
+    end = min(max(size, 16), len(head))
+    brands = {head[8:12]} | {head[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def check_declared_sizes(data: bytes, source_format: str, options: PipelineOptions) -> None:
+    """HEIF and AVIF decoders parse a whole container on open: check its declared image
+    extents (``ispe``) first, so an oversized image is refused as such."""
+    if source_format not in ("HEIF", "AVIF"):
+        return
+    for match in _ISPE.finditer(data):
+        check_size(
+            (int.from_bytes(match.group(1), "big"), int.from_bytes(match.group(2), "big")),
+            options,
+        )
+
+
+# 2. open ----------------------------------------------------------------------------------------
 
 
 def open_image(data: bytes, source_format: str) -> Image.Image:
@@ -138,19 +285,112 @@ def open_image(data: bytes, source_format: str) -> Image.Image:
         raise CorruptImage(f"The file looks like {source_format} but cannot be read.") from None
 
 
-def check_size(size: tuple[int, int], options: PipelineOptions) -> None:
+# 3. check ---------------------------------------------------------------------------------------
+
+
+def check_size(size: tuple[int, int], options: PipelineOptions, frames: int = 1) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise CorruptImage("The image has no pixels.")
-    if width * height > options.max_pixels:
-        raise TooManyPixels(
-            f"The image has {width}x{height} = {width * height} pixels; "
-            f"at most {options.max_pixels} are allowed."
-        )
     if max(width, height) > options.max_dimension:
         raise DimensionsTooLarge(
             f"The image is {width}x{height}; each side may be at most {options.max_dimension} px."
         )
+    if frames > options.max_frames:
+        raise TooManyFrames(
+            f"The animation has {frames} frames; at most {options.max_frames} are allowed."
+        )
+    pixels = width * height * frames
+    if pixels > options.max_pixels:
+        what = f"{frames} frames of {width}x{height}" if frames > 1 else f"{width}x{height}"
+        raise TooManyPixels(
+            f"The image has {what} = {pixels} pixels; at most {options.max_pixels} are allowed."
+        )
+
+
+def count_frames(image: Image.Image, data: bytes, options: PipelineOptions) -> int:
+    """Frames of an animation, from the headers, checked against the limits before decoding."""
+    if image.format not in ANIMATED_FORMATS:
+        return 1
+    try:
+        if image.format == "GIF":
+            # Pillow's n_frames walks every frame of the file: count only as far as the limit.
+            frames = gif_frame_count(data, limit=options.max_frames)
+        else:
+            frames = int(getattr(image, "n_frames", 1))
+    except Exception:
+        raise CorruptImage("The animation's frames cannot be read.") from None
+    frames = max(frames, 1)
+    check_size(image.size, options, frames)
+    return frames
+
+
+def gif_frame_count(data: bytes, *, limit: int) -> int:
+    """Image descriptors in a GIF, read from its block structure without decoding; stops once
+    past ``limit``. Ends quietly at anything malformed: the decoder has the last word."""
+    if len(data) < 13:
+        return 1
+    position = 13
+    if data[10] & 0x80:  # global colour table
+        position += 3 << ((data[10] & 7) + 1)
+    frames = 0
+    end = len(data)
+    while position < end and frames <= limit:
+        block = data[position]
+        position += 1
+        if block == 0x2C:  # image descriptor
+            if position + 9 > end:
+                break
+            frames += 1
+            flags = data[position + 8]
+            position += 9
+            if flags & 0x80:  # local colour table
+                position += 3 << ((flags & 7) + 1)
+            position = _skip_sub_blocks(data, position + 1)  # after the LZW code size
+        elif block == 0x21:  # extension: label, then sub-blocks
+            position = _skip_sub_blocks(data, position + 1)
+        else:  # trailer or garbage
+            break
+    return max(frames, 1)
+
+
+def _skip_sub_blocks(data: bytes, position: int) -> int:
+    end = len(data)
+    while position < end:
+        size = data[position]
+        position += 1 + size
+        if size == 0:
+            break
+    return position
+
+
+# 4. decode --------------------------------------------------------------------------------------
+
+
+def draft(image: Image.Image, crop: CropBox | None, options: PipelineOptions) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when every output is smaller.
+
+    The scale is chosen so that the crop region stays at least as large as the largest
+    thumbnail and as the original's cap (less ``DRAFT_SLACK``). Only the region's sides
+    matter, not their order, so the EXIF orientation is not needed (nor read) yet.
+    """
+    if image.format not in ("JPEG", "MPO"):
+        return
+    width, height = image.size
+    region = (crop.width, crop.height) if crop else (width, height)
+    long_side, short_side = max(region), min(region)
+    cap = min(options.original_max_side or WEBP_MAX_SIDE, WEBP_MAX_SIDE)
+    largest_square = max(side for _name, side in options.squares())
+    needed = max(
+        min(cap, long_side) * (1 - DRAFT_SLACK) / long_side,
+        min(largest_square, short_side) / short_side,
+    )
+    if needed >= 0.5:  # no DCT scale would do
+        return
+    try:
+        image.draft(image.mode, (math.ceil(width * needed), math.ceil(height * needed)))
+    except Exception:
+        raise CorruptImage("The image data is corrupt or truncated.") from None
 
 
 def decode(image: Image.Image) -> Image.Image:
@@ -163,13 +403,116 @@ def decode(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_orientation(image: Image.Image) -> int:
-    # EXIF is attacker-controlled: real files carry strings here. Anything but 1-8 means upright.
+def later_frames(image: Image.Image, count: int) -> Iterator[Image.Image]:
+    """Frames 2..count, decoded one at a time. A frame that fails to decode, or whose canvas
+    differs from the first one's, ends the animation there: what played before it is kept."""
+    size = image.size
+    for index in range(1, count):
+        try:
+            image.seek(index)
+            image.load()
+        except Exception:
+            return
+        if image.size != size:
+            return
+        yield image
+
+
+def frame_duration(image: Image.Image) -> int:
+    duration = image.info.get("duration")
+    value = int(duration) if isinstance(duration, int | float) and duration > 0 else 0
+    # Browsers show a GIF frame of 0-10 ms for 100 ms; keep what people saw.
+    if image.format == "GIF" and value <= 10:
+        return 100
+    return value
+
+
+def loop_count(image: Image.Image) -> int:
+    """WebP loop count (0 = forever) for the input's, with gif2webp's reading of GIF: no
+    NETSCAPE block plays once, and ``loop=N`` repeats N times after the first play."""
+    loop = image.info.get("loop")
+    if not isinstance(loop, int) or loop < 0:
+        return 1 if image.format == "GIF" else 0
+    if image.format == "GIF" and loop > 0:
+        return min(loop + 1, 65535)
+    return min(loop, 65535)
+
+
+def _own(image: Image.Image, animated: bool) -> Image.Image:
+    # The next seek() overwrites an animation's frame in place: work on a copy of it.
+    return image.copy() if animated else image
+
+
+# 5. inspect -------------------------------------------------------------------------------------
+
+
+def inspect(image: Image.Image) -> tuple[int, set[str]]:
+    """The orientation to apply and the metadata the outputs will not carry.
+
+    Report names: ``exif.gps``, ``exif.camera`` (make, model, serial numbers, lens, owner,
+    maker notes), ``exif.datetime``, ``exif.thumbnail`` (an embedded preview), ``exif.other``,
+    ``xmp``, ``iptc``, ``comment`` (JPEG/GIF comments, PNG text chunks), ``icc->srgb`` (added by
+    ``to_srgb``: a profile converted, then dropped) or ``icc`` (an unusable profile dropped).
+    """
+    info = image.info
+    removed: set[str] = set()
+    orientation = 1
+    if info.get("exif"):
+        orientation, exif_report = _inspect_exif(image)
+        removed |= exif_report
+    if image.format == "HEIF":
+        # libheif has already turned the pixels upright; report what it applied.
+        value = info.get("original_orientation")
+        orientation = value if isinstance(value, int) and value in range(1, 9) else 1
+    photoshop = info.get("photoshop")
+    if isinstance(photoshop, dict) and 0x0404 in photoshop:
+        removed.add("iptc")
+    return orientation, removed | inspect_text(image)
+
+
+def inspect_text(image: Image.Image) -> set[str]:
+    """XMP and comments, which an animation may carry on any frame."""
+    info = image.info
+    found = set()
+    if info.get("xmp") or info.get(_PNG_XMP):
+        found.add("xmp")
+    if info.get("comment"):
+        found.add("comment")
+    if image.format == "PNG":
+        # tEXt, zTXt and iTXt chunks, as strings under their own keywords. ``text`` is read only
+        # after load(): before it, it would decode the image (every frame of an APNG) itself.
+        texts = {**info, **image.text}  # type: ignore[attr-defined]
+        if any(isinstance(v, str) and k != _PNG_XMP for k, v in texts.items()):
+            found.add("comment")
+    return found
+
+
+def _inspect_exif(image: Image.Image) -> tuple[int, set[str]]:
+    # EXIF is attacker-controlled: real files carry strings and scripts here. Values are only
+    # compared, never logged or returned.
+    removed: set[str] = set()
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        exif = image.getexif()
+        value = exif.get(_EXIF_ORIENTATION_TAG, 1)
+        orientation = value if isinstance(value, int) and value in range(1, 9) else 1
+        details = dict(exif.get_ifd(ExifTags.IFD.Exif))
+        tags = set(exif) | set(details)
+        if exif.get_ifd(ExifTags.IFD.GPSInfo):
+            removed.add("exif.gps")
+        if exif.get_ifd(ExifTags.IFD.IFD1):
+            removed.add("exif.thumbnail")
     except Exception:
-        return 1
-    return value if isinstance(value, int) and value in range(1, 9) else 1
+        return 1, {"exif.other"}
+    if tags & _CAMERA_TAGS:
+        removed.add("exif.camera")
+    if tags & _DATETIME_TAGS:
+        removed.add("exif.datetime")
+    if tags - _CAMERA_TAGS - _DATETIME_TAGS - _STRUCTURE_TAGS:
+        removed.add("exif.other")
+    return orientation, removed
+
+
+# 6. orient --------------------------------------------------------------------------------------
 
 
 def orient(image: Image.Image, orientation: int) -> Image.Image:
@@ -177,26 +520,40 @@ def orient(image: Image.Image, orientation: int) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def to_srgb(image: Image.Image) -> Image.Image:
-    """Return an 8-bit RGB or RGBA image in sRGB, carrying no metadata."""
+# 7. colour --------------------------------------------------------------------------------------
+
+
+def to_srgb(image: Image.Image, removed: set[str] | None = None) -> Image.Image:
+    """Return an 8-bit RGB or RGBA image in sRGB, carrying no metadata.
+
+    ``removed`` (the report from ``inspect``) gets ``icc->srgb`` or ``icc`` when a profile was
+    converted or dropped.
+    """
     icc = image.info.get("icc_profile")
     image = _to_8bit(image)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        "transparency" in image.info
-    )
-    if image.mode == "P" or image.mode == "PA":
+    has_alpha = image.has_transparency_data
+    if image.mode in ("P", "PA"):
         image = image.convert("RGBA" if has_alpha else "RGB")
     alpha = image.getchannel("A") if has_alpha and "A" in image.getbands() else None
     if has_alpha and alpha is None:  # transparency given as a colour key
         image = image.convert("RGBA")
         alpha = image.getchannel("A")
+    if alpha is not None and alpha.getextrema() == (255, 255):
+        alpha = None
 
     converted = _apply_icc(image, icc) if icc else None
+    if removed is not None and icc:
+        removed.add("icc->srgb" if converted is not None else "icc")
     if converted is None:
-        converted = image.convert("RGB")
-    if alpha is not None and alpha.getextrema() != (255, 255):
+        if image.mode == "RGB" or (image.mode == "RGBA" and alpha is not None):
+            converted = image  # already what the encoder takes: no copy
+        else:
+            converted = image.convert("RGB")
+    if alpha is not None and converted.mode != "RGBA":
         converted = converted.convert("RGB")
         converted.putalpha(alpha)
+    elif alpha is None and converted.mode != "RGB":
+        converted = converted.convert("RGB")
     # Start from a fresh info dict: nothing read from the file can reach the encoder.
     converted.info = {}
     return converted
@@ -212,13 +569,17 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def _apply_icc(image: Image.Image, icc: bytes) -> Image.Image | None:
-    """Convert to sRGB through the embedded profile; None when the profile is unusable."""
-    source_mode = {"RGBA": "RGB", "LA": "L"}.get(image.mode, image.mode)
+    """Convert to sRGB through the embedded profile; None when the profile is unusable.
+
+    The result is a new RGB image (alpha is put back by the caller)."""
+    source_mode = {"RGBA": "RGB", "LA": "L", "La": "L", "RGBa": "RGB"}.get(image.mode, image.mode)
     if source_mode not in ("RGB", "CMYK", "L"):
         return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         source = image.convert(source_mode) if source_mode != image.mode else image
+        if source_mode == "RGB" and _is_srgb(profile):
+            return source  # already sRGB numbers
         result = ImageCms.profileToProfile(
             source,
             profile,
@@ -231,22 +592,212 @@ def _apply_icc(image: Image.Image, icc: bytes) -> Image.Image | None:
     return result
 
 
-def square(image: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square and scale down to ``size``; never upscale."""
-    side = min(image.width, image.height)
-    target = min(size, side)
-    left = (image.width - side) // 2
-    top = (image.height - side) // 2
-    return image.resize(
-        (target, target),
-        Image.Resampling.LANCZOS,
-        box=(left, top, left + side, top + side),
-        reducing_gap=3.0,
+def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
+    # Phones commonly tag plain sRGB: a transform through it would change nothing but the time.
+    description = ImageCms.getProfileDescription(profile) or ""
+    return description.strip().lower().startswith("srgb")
+
+
+# 8. fit -----------------------------------------------------------------------------------------
+
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each output comes from, in the decoded upright image (which a draft may have made
+    smaller than the file's full size)."""
+
+    region: Box
+    original_size: tuple[int, int]
+    square: Box  # the centre square of the region
+    square_in_original: Box | None  # the same square in the original, when it is big enough
+    square_is_region: bool  # the region is itself square
+    squares: tuple[tuple[str, int], ...]  # (name, side), largest first
+
+
+def parse_crop(text: str) -> CropBox:
+    """``"x,y,w,h"`` in whole pixels of the upright image."""
+    parts = text.split(",")
+    if len(text) > 64 or len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        raise InvalidCrop("The crop must be four whole numbers: x,y,width,height.")
+    x, y, width, height = (int(p) for p in parts)
+    if width <= 0 or height <= 0:
+        raise InvalidCrop("The crop's width and height must be positive.")
+    return CropBox(x, y, width, height)
+
+
+def plan(
+    full_size: tuple[int, int],
+    orientation: int,
+    decoded_size: tuple[int, int],
+    crop: CropBox | None,
+    options: PipelineOptions,
+) -> Layout:
+    full_width, full_height = full_size
+    if _ORIENTATION_TRANSPOSE.get(orientation) in (
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+    ):
+        full_width, full_height = full_height, full_width
+    if crop is None:
+        crop = CropBox(0, 0, full_width, full_height)
+    elif crop.x + crop.width > full_width or crop.y + crop.height > full_height:
+        raise InvalidCrop(
+            f"The crop {crop.x},{crop.y},{crop.width},{crop.height} is outside the upright "
+            f"image of {full_width}x{full_height}."
+        )
+    sx, sy = decoded_size[0] / full_width, decoded_size[1] / full_height
+
+    def scaled(x: float, y: float, width: float, height: float) -> Box:
+        return (x * sx, y * sy, (x + width) * sx, (y + height) * sy)
+
+    cap = min(options.original_max_side or WEBP_MAX_SIDE, WEBP_MAX_SIDE)
+    factor = min(1.0, cap / max(crop.width, crop.height))
+    size = (max(1, round(crop.width * factor)), max(1, round(crop.height * factor)))
+    if size[0] > crop.width * sx + 0.5:  # a draft decode landed under the cap: never upscale
+        size = (max(1, round(crop.width * sx)), max(1, round(crop.height * sy)))
+
+    side = min(crop.width, crop.height)
+    left, top = crop.x + (crop.width - side) / 2, crop.y + (crop.height - side) / 2
+    squares = tuple((name, min(target, side)) for name, target in options.squares())
+    in_original: Box | None = None
+    if min(size) >= squares[0][1]:
+        ox, oy = size[0] / crop.width, size[1] / crop.height
+        in_original = (
+            (left - crop.x) * ox,
+            (top - crop.y) * oy,
+            (left - crop.x + side) * ox,
+            (top - crop.y + side) * oy,
+        )
+    return Layout(
+        region=scaled(crop.x, crop.y, crop.width, crop.height),
+        original_size=size,
+        square=scaled(left, top, side, side),
+        square_in_original=in_original,
+        square_is_region=crop.width == crop.height,
+        squares=squares,
     )
 
 
-def encode(image: Image.Image, name: str, *, quality: int, options: PipelineOptions) -> Variant:
+@dataclass
+class Rendered:
+    original: Image.Image
+    squares: list[Image.Image]
+
+
+def fit(image: Image.Image, layout: Layout) -> Rendered:
+    """The original and the squares of one frame. Each square is made from the one before:
+    after the first, every resize is from a few hundred pixels."""
+    original = resample(image, layout.original_size, layout.region)
+    if layout.square_in_original is not None:
+        source, box = original, layout.square_in_original
+    else:
+        source, box = image, layout.square
+    squares = []
+    for _name, side in layout.squares:
+        source = resample(source, (side, side), box)
+        box = (0, 0, side, side)
+        squares.append(source)
+    return Rendered(original, squares)
+
+
+def resample(image: Image.Image, size: tuple[int, int], box: Box) -> Image.Image:
+    if size == (box[2] - box[0], box[3] - box[1]) and all(float(v).is_integer() for v in box):
+        if box == (0, 0, *image.size):
+            return image
+        return image.crop(tuple(int(v) for v in box))
+    return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+
+
+# 9. encode --------------------------------------------------------------------------------------
+
+
+def encode_all(
+    rendered: list[Rendered],
+    durations: list[int],
+    loop: int,
+    layout: Layout,
+    options: PipelineOptions,
+) -> tuple[Variant, ...]:
+    """Every variant, encoding each distinct picture once: a square of the same side as another
+    (a small image capped them both) or as a square original shares its bytes."""
+
+    def animation(pick: Callable[[Rendered], Image.Image]) -> list[Image.Image]:
+        return [pick(frame) for frame in rendered]
+
+    original = encode(
+        animation(lambda r: r.original),
+        "original",
+        quality=options.original_quality,
+        options=options,
+        durations=durations,
+        loop=loop,
+    )
+    variants = [original]
+    by_side: dict[int, Variant] = {}
+    for index, (name, side) in enumerate(layout.squares):
+        if layout.square_is_region and original.width == original.height == side:
+            same = original
+        elif side in by_side:
+            same = by_side[side]
+        else:
+            same = by_side[side] = encode(
+                animation(lambda r, i=index: r.squares[i]),
+                name,
+                quality=options.thumbnail_quality,
+                options=options,
+                durations=durations,
+                loop=loop,
+                square=True,
+            )
+        variants.append(replace(same, name=name))
+    if len(rendered) > 1:
+        first = rendered[0].squares[0]
+        variants.append(
+            encode([first], "still", quality=options.thumbnail_quality, options=options)
+        )
+    return tuple(variants)
+
+
+def encode(
+    frames: list[Image.Image],
+    name: str,
+    *,
+    quality: int,
+    options: PipelineOptions,
+    durations: list[int] | None = None,
+    loop: int = 0,
+    square: bool = False,
+) -> Variant:
     buffer = io.BytesIO()
+    first = frames[0]
     # Only pixel options are passed: no exif=, icc_profile= or xmp= may ever reach the encoder.
-    image.save(buffer, "WEBP", quality=quality, method=options.webp_method)
-    return Variant(name=name, data=buffer.getvalue(), width=image.width, height=image.height)
+    if len(frames) == 1:
+        first.save(buffer, "WEBP", quality=quality, method=options.webp_method)
+    else:
+        first.save(
+            buffer,
+            "WEBP",
+            save_all=True,
+            append_images=frames[1:],
+            duration=durations,
+            loop=loop,
+            background=(0, 0, 0, 0),
+            quality=quality,
+            method=ANIMATION_METHOD,
+            minimize_size=True,
+            # Lossless where it is smaller (flat, drawn frames): measured worth its time on the
+            # small squares only.
+            allow_mixed=square,
+        )
+    return Variant(
+        name=name,
+        data=buffer.getvalue(),
+        width=first.width,
+        height=first.height,
+        frames=len(frames),
+    )

@@ -21,3 +21,7 @@ def build_storage(settings: Settings) -> Storage:
     match settings.storage:
         case "local":
             return LocalStorage(settings.media_path)
+        case "s3":
+            from app.storage.s3 import S3Storage  # boto3 is imported only when it is used
+
+            return S3Storage.from_settings(settings)

@@ -30,7 +30,9 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-async def upload(client: httpx.AsyncClient, auth, data: bytes, user: str = "alice") -> httpx.Response:
+async def upload(
+    client: httpx.AsyncClient, auth, data: bytes, user: str = "alice"
+) -> httpx.Response:
     return await client.post("/users/me/avatar", headers=auth(user), files=files(data))
 
 
@@ -38,14 +40,21 @@ async def test_upload_returns_document_with_urls(client, auth, settings: Setting
     response = await upload(client, auth, jpeg_with_metadata((800, 600)))
     assert response.status_code == 201, response.text
     body = response.json()
-    for field in ("avatar_url", "avatar_thumb_url", "width", "height", "content_type", "bytes",
-                  "updated_at"):
+    for field in (
+        "avatar_url",
+        "avatar_thumb_url",
+        "width",
+        "height",
+        "content_type",
+        "bytes",
+        "updated_at",
+    ):
         assert field in body
     assert (body["width"], body["height"]) == (800, 600)
     assert body["content_type"] == "image/webp"
     assert body["avatar_url"].startswith("http://testserver/media/avatars/")
     assert body["user_id"] == "alice"
-    assert len(stored_files(settings)) == 2
+    assert len(stored_files(settings)) == len(body["variants"])
 
 
 async def test_uploaded_images_can_be_fetched_and_are_clean(client, auth) -> None:
@@ -81,7 +90,7 @@ async def test_new_upload_replaces_the_previous_one(client, auth, settings) -> N
     assert first["avatar_url"] != second["avatar_url"]
     assert (await client.get(first["avatar_url"])).status_code == 404
     assert (await client.get(second["avatar_url"])).status_code == 200
-    assert len(stored_files(settings)) == 2
+    assert len(stored_files(settings)) == len(second["variants"])
 
 
 async def test_delete_removes_row_and_files(client, auth, settings) -> None:
@@ -122,7 +131,9 @@ async def test_expired_and_forged_tokens_are_401(client, settings) -> None:
     forged_settings = settings.model_copy(update={"jwt_secret": "another-secret-" + "y" * 40})
     forged = create_token(forged_settings, "alice")
     for token in (expired, forged):
-        response = await client.get("/users/me/avatar", headers={"Authorization": f"Bearer {token}"})
+        response = await client.get(
+            "/users/me/avatar", headers={"Authorization": f"Bearer {token}"}
+        )
         assert_problem(response, 401, "not_authenticated")
 
 
@@ -172,8 +183,8 @@ async def test_streamed_oversize_body_is_cut_off(client, auth, settings) -> None
     async def body():
         nonlocal consumed
         head = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
         ).encode()
         yield head
         for _ in range(limit // 65536 + 64):
@@ -230,8 +241,12 @@ async def test_decompression_bomb_is_422_too_many_pixels(client, auth, settings)
 
 
 async def test_missing_file_field_is_422(client, auth) -> None:
-    response = await client.post("/users/me/avatar", headers=auth(), data={"other": "x"},
-                                 files={"not_file": ("a.jpg", b"123", "image/jpeg")})
+    response = await client.post(
+        "/users/me/avatar",
+        headers=auth(),
+        data={"other": "x"},
+        files={"not_file": ("a.jpg", b"123", "image/jpeg")},
+    )
     assert_problem(response, 422, "missing_file")
 
 

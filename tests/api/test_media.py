@@ -8,7 +8,9 @@ from tests.images import jpeg_with_metadata
 @pytest.fixture
 async def uploaded(client, auth) -> dict:
     response = await client.post(
-        "/users/me/avatar", headers=auth(), files={"file": ("a.jpg", jpeg_with_metadata(), "image/jpeg")}
+        "/users/me/avatar",
+        headers=auth(),
+        files={"file": ("a.jpg", jpeg_with_metadata(), "image/jpeg")},
     )
     assert response.status_code == 201
     return response.json()
@@ -65,7 +67,9 @@ async def test_head_gives_headers_without_body(client, uploaded) -> None:
         "/media/%00",
     ],
 )
-async def test_no_path_outside_the_media_root_is_reachable(client, uploaded, settings, path) -> None:
+async def test_no_path_outside_the_media_root_is_reachable(
+    client, uploaded, settings, path
+) -> None:
     (settings.data_dir / "jwt-secret").write_text("do-not-serve")
     response = await client.get(path)
     assert response.status_code == 404, path

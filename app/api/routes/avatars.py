@@ -12,6 +12,7 @@ from app.api.deps import (
     SessionsDep,
     SettingsDep,
     StorageDep,
+    UploadingUser,
 )
 from app.api.problems import problem_responses
 from app.api.schemas import AvatarPublic
@@ -59,6 +60,7 @@ _UPLOAD_BODY = {
         errors.TooManyPixels,
         errors.DimensionsTooLarge,
         errors.MissingFile,
+        errors.RateLimited,
         errors.ServerBusy,
         errors.StorageUnavailableError,
         errors.DatabaseUnavailable,
@@ -66,7 +68,7 @@ _UPLOAD_BODY = {
 )
 async def upload_avatar(
     request: Request,
-    user_id: CurrentUser,
+    user_id: UploadingUser,
     settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,

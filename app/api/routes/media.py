@@ -62,6 +62,4 @@ async def read_media(key: str, request: Request, storage: StorageDep) -> Respons
     return response
 
 
-router.add_api_route(
-    "/media/{key:path}", read_media, methods=["HEAD"], include_in_schema=False
-)
+router.add_api_route("/media/{key:path}", read_media, methods=["HEAD"], include_in_schema=False)
