@@ -37,3 +37,26 @@ async def test_readyz_reports_unwritable_storage(tmp_path, sqlite_url) -> None:
         response = await client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["checks"]["storage"].startswith("unavailable")
+
+
+async def test_deep_readiness_runs_the_bundled_images(client) -> None:
+    response = await client.get("/readyz", params={"deep": 1})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["checks"]["imaging"] == "ok"
+    assert set(body["images"]) >= {"orientation", "cmyk", "animated", "bomb"}
+    assert body["images"]["bomb"]["outcome"] == "too_many_pixels"
+    assert body["images"]["orientation"]["outcome"] == "accepted"
+    assert all(report["status"] == "ok" for report in body["images"].values())
+
+
+def test_deep_readiness_notices_a_broken_codec(monkeypatch) -> None:
+    from app.imaging.pipeline import PipelineOptions
+    from app.services import selftest
+
+    def broken(data, options=None, **kwargs):
+        raise OSError("decoder gone")
+
+    monkeypatch.setattr(selftest, "process_image", broken)
+    report = selftest.run_selftest(PipelineOptions())
+    assert report["cmyk"] == {**report["cmyk"], "status": "failed", "outcome": "crashed (OSError)"}

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.api.deps import SessionsDep, StorageDep
+from app.api.deps import PipelineOptionsDep, PoolDep, SessionsDep, StorageDep
 from app.api.schemas import HealthStatus
+from app.core.errors import AppError
+from app.services.selftest import run_selftest
 
 router = APIRouter(tags=["health"])
 
@@ -18,11 +22,29 @@ async def healthz() -> HealthStatus:
 @router.get(
     "/readyz",
     response_model=HealthStatus,
+    response_model_exclude_none=True,
     summary="The database and the storage are reachable",
     responses={503: {"model": HealthStatus, "description": "A dependency is not reachable."}},
 )
-async def readyz(sessions: SessionsDep, storage: StorageDep) -> HealthStatus | JSONResponse:
+async def readyz(
+    sessions: SessionsDep,
+    storage: StorageDep,
+    pool: PoolDep,
+    options: PipelineOptionsDep,
+    deep: Annotated[
+        bool, Query(description="Also run bundled tricky images through the live codecs.")
+    ] = False,
+) -> HealthStatus | JSONResponse:
     checks: dict[str, str] = {}
+    images: dict[str, dict[str, object]] = {}
+    if deep:
+        try:
+            images = await pool.run(run_selftest, options)
+        except AppError as exc:  # the pool is full: the replica is busy, not broken
+            checks["imaging"] = f"unavailable ({exc.code})"
+        else:
+            failed = [name for name, report in images.items() if report["status"] != "ok"]
+            checks["imaging"] = "ok" if not failed else f"failed ({', '.join(failed)})"
     try:
         async with sessions() as session:
             await session.execute(text("SELECT 1"))
@@ -35,8 +57,10 @@ async def readyz(sessions: SessionsDep, storage: StorageDep) -> HealthStatus | J
     except Exception as exc:
         checks["storage"] = f"unavailable ({type(exc).__name__})"
     result = HealthStatus(
-        status="ok" if all(v == "ok" for v in checks.values()) else "unavailable", checks=checks
+        status="ok" if all(v == "ok" for v in checks.values()) else "unavailable",
+        checks=checks,
+        images=images or None,
     )
     if result.status != "ok":
-        return JSONResponse(result.model_dump(), status_code=503)
+        return JSONResponse(result.model_dump(exclude_none=True), status_code=503)
     return result
