@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint format migrate clean
+.PHONY: install install-browser run test test-s3 lint format migrate clean
 
 install: $(STAMP)
 
@@ -23,8 +23,22 @@ migrate: install
 run: migrate
 	$(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install install-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests use Debian's Chromium (Playwright never downloads one). Installed with
+# apt-get when missing and this runs as root; otherwise those tests skip (and fail under CI=true).
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "chromium is not installed: the browser tests will skip (apt-get install chromium)"; \
+		fi; }
+
+# The whole suite with S3 storage: a moto S3 server on loopback, spoken to over HTTP.
+test-s3: install
+	AVATAR_TEST_STORAGE=s3 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check app tests alembic benchmarks

@@ -3,45 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
+import signal
 import subprocess
-import sys
+import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import missing
 from tests.images import jpeg_with_metadata
-
-CLI = [sys.executable, "-m", "app.cli"]
-
-
-def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_")}
-    env.update({"AVATAR_DATA_DIR": str(tmp_path / "data"), **extra})
-    return env
-
-
-def run_cli(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        cwd=tmp_path,
-        env=cli_env(tmp_path, **extra),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.live import free_port, live_server, run_cli
 
 
 def test_help_lists_the_commands(tmp_path) -> None:
@@ -102,33 +75,9 @@ def test_migrations_are_reversible(tmp_path) -> None:
 
 
 @pytest.fixture
-def server(tmp_path) -> Iterator[tuple[str, Path]]:
-    assert run_cli(tmp_path, "migrate").returncode == 0
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115  (closed in finally)
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("server did not start")
-        yield base, tmp_path
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+def server(tmp_path):
+    with live_server(tmp_path) as running:
+        yield running.base_url, tmp_path
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -176,3 +125,59 @@ def test_readme_walkthrough_with_curl(server) -> None:
     assert deleted.stdout == "204"
     gone = curl("-w", "%{http_code}", "-o", "/dev/null", document["avatar_url"])
     assert gone.stdout == "404"
+
+
+def test_sigterm_lets_in_flight_uploads_finish_and_refuses_new_ones(tmp_path) -> None:
+    with live_server(tmp_path) as server:
+        base, process = server.base_url, server.process
+        token = server.token("alice")
+        boundary = "slowboundary"
+        photo = jpeg_with_metadata((800, 600))
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        step = len(photo) // 10 + 1
+        started = threading.Event()
+
+        def trickle():
+            yield head
+            started.set()
+            for offset in range(0, len(photo), step):
+                time.sleep(0.15)
+                yield photo[offset : offset + step]
+            yield tail
+
+        result: dict[str, object] = {}
+
+        def upload() -> None:
+            response = httpx.post(
+                f"{base}/users/me/avatar",
+                content=trickle(),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                },
+                timeout=30,
+            )
+            result["status"] = response.status_code
+            result["body"] = response.text
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        assert started.wait(10)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            httpx.get(f"{base}/healthz", timeout=2)
+            refused = False
+        except httpx.TransportError:
+            refused = True
+        thread.join(30)
+        assert result.get("status") == 201, result
+        assert refused, "a new connection was accepted after SIGTERM"
+        # uvicorn re-raises the signal once it has shut down cleanly.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert b"Traceback" not in server.log_path.read_bytes()

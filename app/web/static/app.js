@@ -1,0 +1,315 @@
+"use strict";
+// The try-it page: plain script, no build, no outside requests.
+
+const $ = (id) => document.getElementById(id);
+const state = { token: "", file: null, natural: null, crop: null };
+
+// Problem codes in words a person understands.
+const MESSAGES = {
+  not_authenticated: "You are not signed in, or your token has expired. Get a new token above.",
+  image_too_large: "This file is too big.",
+  unsupported_format: "This file is not a photo the service accepts. Use a JPEG, PNG, GIF or WebP image.",
+  unsupported_content_type: "The upload was not sent as a file.",
+  corrupt_image: "This image is damaged or incomplete and cannot be read. Try exporting it again.",
+  too_many_pixels: "This image has too many pixels. Use a smaller photo.",
+  dimensions_too_large: "This image is too wide or too tall. Use a smaller photo.",
+  too_many_frames: "This animation has too many frames.",
+  invalid_crop: "The crop square is outside the photo. Choose it again.",
+  missing_file: "No file was sent. Choose a photo first.",
+  rate_limited: "You have uploaded too often. Wait a moment and try again.",
+  server_busy: "The service is busy. Try again in a few seconds.",
+  storage_unavailable: "The image store is not reachable right now. Nothing was changed; try again later.",
+  database_unavailable: "The service cannot save right now. Nothing was changed; try again later.",
+};
+
+const REMOVED = {
+  "exif.gps": "GPS position removed",
+  "exif.camera": "Camera make, model and serial removed",
+  "exif.datetime": "Date and time the photo was taken removed",
+  "exif.software": "Editing software removed",
+  "exif.thumbnail": "Embedded preview image removed",
+  "exif": "EXIF data removed",
+  "xmp": "XMP metadata removed",
+  "iptc": "IPTC data (captions, credits) removed",
+  "comment": "Comment removed",
+  "icc->srgb": "Colour profile converted to standard sRGB",
+  "icc": "Colour profile removed",
+};
+
+function explain(problem, status) {
+  if (problem && MESSAGES[problem.code]) return MESSAGES[problem.code];
+  if (problem && problem.detail) return problem.detail;
+  return `The upload failed (HTTP ${status}).`;
+}
+
+function showError(text) {
+  const box = $("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+async function getToken(event) {
+  event.preventDefault();
+  const userId = $("user-id").value.trim();
+  const response = await fetch("/dev/token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user_id: userId }),
+  });
+  const body = await response.json();
+  if (!response.ok) {
+    $("token-status").textContent = explain(body, response.status);
+    return;
+  }
+  state.token = body.token;
+  $("token-status").textContent = `Signed in as ${userId} with a development token.`;
+  updateButton();
+}
+
+async function showLimits() {
+  try {
+    const response = await fetch("/avatar/constraints");
+    if (!response.ok) return;
+    const c = await response.json();
+    const mb = (c.max_upload_bytes / 1048576).toFixed(0);
+    $("limits").textContent =
+      `Up to ${mb} MB, ${c.max_dimension} px a side, ${Math.round(c.max_pixels / 1e6)} megapixels.`;
+  } catch (_) { /* the page works without it */ }
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  state.file = file;
+  showError("");
+  const image = $("crop-image");
+  image.onload = () => {
+    state.natural = { width: image.naturalWidth, height: image.naturalHeight };
+    resetCrop();
+    $("crop-area").hidden = false;
+    updateButton();
+  };
+  image.onerror = () => {
+    // Not something the browser can show (or not an image at all): upload it as it is and
+    // let the service say what it thinks.
+    state.natural = null;
+    $("crop-area").hidden = true;
+    updateButton();
+  };
+  if (image.src) URL.revokeObjectURL(image.src);
+  image.src = URL.createObjectURL(file);
+}
+
+function resetCrop() {
+  const { width, height } = state.natural;
+  const side = Math.min(width, height);
+  state.crop = { x: Math.floor((width - side) / 2), y: Math.floor((height - side) / 2), size: side };
+  const size = $("crop-size");
+  size.min = String(Math.min(16, side));
+  size.max = String(side);
+  size.value = String(side);
+  drawCrop();
+}
+
+function clampCrop() {
+  const { width, height } = state.natural;
+  const c = state.crop;
+  c.size = Math.max(1, Math.min(c.size, width, height));
+  c.x = Math.max(0, Math.min(c.x, width - c.size));
+  c.y = Math.max(0, Math.min(c.y, height - c.size));
+}
+
+function drawCrop() {
+  if (!state.natural) return;
+  clampCrop();
+  const c = state.crop;
+  const { width, height } = state.natural;
+  const enabled = $("crop-enabled").checked;
+  for (const id of ["crop-size", "crop-x", "crop-y"]) $(id).disabled = !enabled;
+  $("crop-x").max = String(width - c.size);
+  $("crop-y").max = String(height - c.size);
+  $("crop-x").value = String(c.x);
+  $("crop-y").value = String(c.y);
+  $("crop-size").value = String(c.size);
+  $("crop-size-out").textContent = `${c.size} px`;
+  $("crop-x-out").textContent = `${c.x} px`;
+  $("crop-y-out").textContent = `${c.y} px`;
+  const box = $("crop-box");
+  box.hidden = !enabled;
+  box.style.left = `${(100 * c.x) / width}%`;
+  box.style.top = `${(100 * c.y) / height}%`;
+  box.style.width = `${(100 * c.size) / width}%`;
+  box.style.height = `${(100 * c.size) / height}%`;
+}
+
+function updateButton() {
+  $("upload-button").disabled = !(state.token && state.file);
+}
+
+function cropParam() {
+  if (!state.natural || !$("crop-enabled").checked) return "";
+  const c = state.crop;
+  return `${c.x},${c.y},${c.size},${c.size}`;
+}
+
+function upload() {
+  showError("");
+  const crop = cropParam();
+  const url = "/users/me/avatar" + (crop ? `?crop=${encodeURIComponent(crop)}` : "");
+  const form = new FormData();
+  form.append("file", state.file, state.file.name || "photo");
+  const request = new XMLHttpRequest();
+  request.open("POST", url);
+  request.setRequestHeader("Authorization", `Bearer ${state.token}`);
+  request.upload.onprogress = (event) => {
+    if (event.lengthComputable) $("progress").value = (100 * event.loaded) / event.total;
+  };
+  request.onload = () => {
+    $("progress").value = 100;
+    let body = null;
+    try { body = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
+    if (request.status === 201 && body) {
+      $("upload-status").textContent = "Uploaded.";
+      render(body, crop);
+    } else {
+      $("upload-status").textContent = "";
+      showError(explain(body, request.status));
+    }
+    $("upload-button").disabled = false;
+  };
+  request.onerror = () => {
+    showError("The service could not be reached. Check your connection and try again.");
+    $("upload-button").disabled = false;
+  };
+  $("upload-button").disabled = true;
+  $("upload-status").textContent = "Uploading…";
+  $("progress").value = 0;
+  request.send(form);
+}
+
+function render(doc, crop) {
+  $("result").hidden = false;
+  const removed = $("removed-report");
+  removed.replaceChildren();
+  const items = (doc.metadata_removed || []).map((key) => REMOVED[key] || `${key} removed`);
+  if (doc.orientation_applied && doc.orientation_applied !== 1) {
+    items.push(`Turned upright (EXIF orientation ${doc.orientation_applied})`);
+  }
+  if (!items.length) items.push("Nothing private was found in this photo.");
+  for (const text of items) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    removed.append(li);
+  }
+
+  const placeholder = doc.placeholder || {};
+  $("placeholder-swatch").style.background = placeholder.dominant_color || "transparent";
+  $("placeholder-text").textContent = placeholder.blurhash
+    ? `${placeholder.blurhash}  ${placeholder.dominant_color || ""}` : "(none)";
+  if (placeholder.blurhash) drawBlurhash($("placeholder-canvas"), placeholder.blurhash);
+
+  const original = (doc.variants || []).find((v) => v.name === "original");
+  $("original-image").src = doc.avatar_url;
+  if (original) {
+    $("original-image").width = original.width;
+    $("original-image").height = original.height;
+    $("original-caption").textContent =
+      `${original.width}×${original.height}, ${original.bytes.toLocaleString()} bytes, ${original.content_type}`;
+  }
+  const list = $("variants");
+  list.replaceChildren();
+  for (const variant of doc.variants || []) {
+    if (variant.name === "original") continue;
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = variant.url;
+    img.alt = `The ${variant.name} size, ${variant.width} by ${variant.height} pixels`;
+    img.width = variant.width;
+    img.height = variant.height;
+    img.dataset.variant = variant.name;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${variant.name}: ${variant.width}×${variant.height}, ${variant.bytes.toLocaleString()} bytes`;
+    figure.append(img, caption);
+    list.append(figure);
+  }
+  const origin = window.location.origin;
+  const query = crop ? `?crop=${crop}` : "";
+  $("curl-command").textContent =
+    `curl -H "Authorization: Bearer ${state.token}" \\\n  -F file=@${state.file.name || "photo.jpg"} \\\n  "${origin}/users/me/avatar${query}"`;
+  $("json-document").textContent = JSON.stringify(doc, null, 2);
+}
+
+// BlurHash decoding (the algorithm published with BlurHash), drawn into a small canvas.
+const B83 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~";
+function decode83(text) {
+  let value = 0;
+  for (const ch of text) value = value * 83 + B83.indexOf(ch);
+  return value;
+}
+function srgbToLinear(v) {
+  const x = v / 255;
+  return x <= 0.04045 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4);
+}
+function linearToSrgb(v) {
+  const x = Math.max(0, Math.min(1, v));
+  return Math.round((x <= 0.0031308 ? x * 12.92 : 1.055 * Math.pow(x, 1 / 2.4) - 0.055) * 255);
+}
+function signPow(v, e) { return Math.sign(v) * Math.pow(Math.abs(v), e); }
+function drawBlurhash(canvas, hash) {
+  const sizeFlag = decode83(hash[0]);
+  const nx = (sizeFlag % 9) + 1;
+  const ny = Math.floor(sizeFlag / 9) + 1;
+  const maxAc = (decode83(hash[1]) + 1) / 166;
+  const colors = [];
+  const dc = decode83(hash.slice(2, 6));
+  colors.push([srgbToLinear(dc >> 16), srgbToLinear((dc >> 8) & 255), srgbToLinear(dc & 255)]);
+  for (let i = 1; i < nx * ny; i++) {
+    const v = decode83(hash.slice(4 + i * 2, 6 + i * 2));
+    colors.push([
+      signPow((Math.floor(v / 361) - 9) / 9, 2) * maxAc,
+      signPow(((Math.floor(v / 19) % 19) - 9) / 9, 2) * maxAc,
+      signPow(((v % 19) - 9) / 9, 2) * maxAc,
+    ]);
+  }
+  const { width, height } = canvas;
+  const context = canvas.getContext("2d");
+  const pixels = context.createImageData(width, height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      let r = 0, g = 0, b = 0;
+      for (let j = 0; j < ny; j++) {
+        for (let i = 0; i < nx; i++) {
+          const basis = Math.cos((Math.PI * x * i) / width) * Math.cos((Math.PI * y * j) / height);
+          const c = colors[i + j * nx];
+          r += c[0] * basis; g += c[1] * basis; b += c[2] * basis;
+        }
+      }
+      const o = 4 * (x + y * width);
+      pixels.data[o] = linearToSrgb(r);
+      pixels.data[o + 1] = linearToSrgb(g);
+      pixels.data[o + 2] = linearToSrgb(b);
+      pixels.data[o + 3] = 255;
+    }
+  }
+  context.putImageData(pixels, 0, 0);
+}
+
+function wire() {
+  $("token-form").addEventListener("submit", getToken);
+  $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
+  const zone = $("drop-zone");
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    chooseFile(event.dataTransfer.files[0]);
+  });
+  $("crop-enabled").addEventListener("change", drawCrop);
+  $("crop-size").addEventListener("input", (e) => { state.crop.size = Number(e.target.value); drawCrop(); });
+  $("crop-x").addEventListener("input", (e) => { state.crop.x = Number(e.target.value); drawCrop(); });
+  $("crop-y").addEventListener("input", (e) => { state.crop.y = Number(e.target.value); drawCrop(); });
+  $("upload-button").addEventListener("click", upload);
+  showLimits();
+}
+
+wire();

@@ -1,0 +1,148 @@
+"""The try-it page in Debian's Chromium, driven by Playwright, against a real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, missing
+from tests.images import jpeg_with_metadata
+from tests.live import LiveServer, live_server
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(os.environ.get("AVATAR_TEST_ARTIFACTS", ROOT / "artifacts"))
+
+
+def chromium_path() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    missing("Debian's chromium is not installed (make install-browser)")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    executable = chromium_path()
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[LiveServer]:
+    with live_server(tmp_path) as running:
+        yield running
+
+
+def sign_in(page, server: LiveServer, user: str = "browser-user") -> None:
+    page.goto(server.base_url + "/")
+    page.get_by_label("User id").fill(user)
+    page.get_by_role("button", name="Get a development token").click()
+    page.get_by_text(f"Signed in as {user}").wait_for()
+
+
+def test_upload_a_gps_photo_and_see_every_size(browser, server: LiveServer, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    requests_outside: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith((server.base_url, "data:", "blob:"))
+            else requests_outside.append(request.url)
+        ),
+    )
+    sign_in(page, server)
+    photo = tmp_path / "holiday.jpg"
+    photo.write_bytes(jpeg_with_metadata((1200, 900), gps=True))
+    page.get_by_label("Choose a photo").set_input_files(str(photo))
+    page.locator("#crop-area").wait_for(state="visible")
+
+    upload = page.get_by_role("button", name="Upload")
+    assert upload.is_enabled()
+    upload.click()
+    page.locator("#result").wait_for(state="visible")
+
+    report = page.locator("#removed-report").inner_text()
+    assert "GPS position removed" in report
+    assert page.locator("#upload-status").inner_text() == "Uploaded."
+    assert int(page.locator("#progress").get_attribute("value") or 0) == 100 or (
+        page.locator("#progress").evaluate("p => p.value") == 100
+    )
+
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#result img')].every(i => i.complete)"
+    )
+    original = page.locator("#original-image").evaluate(
+        "i => [i.complete, i.naturalWidth, i.naturalHeight]"
+    )
+    assert original == [True, 1200, 900]
+    sizes = page.locator("#variants img").evaluate_all(
+        "imgs => imgs.map(i => [i.dataset.variant, i.naturalWidth, i.naturalHeight])"
+    )
+    assert ["thumb", 400, 400] in sizes
+    assert all(width == height and width > 0 for _, width, height in sizes)
+    document = page.locator("#json-document").inner_text()
+    assert '"avatar_url"' in document
+    assert "curl -H" in page.locator("#curl-command").inner_text()
+    assert not requests_outside, requests_outside
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "try-page.png"), full_page=True)
+
+
+def test_an_invalid_file_shows_a_readable_error(browser, server: LiveServer, tmp_path) -> None:
+    page = browser.new_page()
+    sign_in(page, server)
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("these are my notes, not a photo")
+    page.get_by_label("Choose a photo").set_input_files(str(fake))
+    page.get_by_role("button", name="Upload").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for(state="visible")
+    assert "not a photo the service accepts" in alert.inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "try-page-error.png"), full_page=True)
+
+
+def test_crop_by_keyboard_on_a_phone_screen(browser, server: LiveServer, tmp_path) -> None:
+    page = browser.new_page(viewport={"width": 360, "height": 740}, is_mobile=True)
+    sign_in(page, server, "phone-user")
+    photo = tmp_path / "wide.jpg"
+    photo.write_bytes(jpeg_with_metadata((800, 400), gps=False))
+    page.get_by_label("Choose a photo").set_input_files(str(photo))
+    page.locator("#crop-area").wait_for(state="visible")
+
+    page.get_by_label("Crop to a square I choose").check()
+    size = page.get_by_label("Size")
+    size.focus()
+    for _ in range(100):
+        page.keyboard.press("ArrowLeft")  # smaller square: 300 px
+    left = page.get_by_label("Left edge")
+    left.focus()
+    page.keyboard.press("End")  # all the way right
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#result").wait_for(state="visible")
+    curl = page.locator("#curl-command").inner_text()
+    assert "crop=500,0,300,300" in curl, curl
+    original = page.locator("#original-image").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert original == [300, 300]
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 360, f"the page scrolls sideways on a phone: {width}px"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "try-page-phone.png"), full_page=True)
