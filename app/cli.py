@@ -112,8 +112,9 @@ def gc(
 ) -> None:
     """Find stored objects no avatar references and avatars whose objects are missing.
 
-    Exits 0 when all is well, 1 when an avatar points at a missing object, a deletion failed
-    or the database or storage cannot be reached, 2 on a configuration error.
+    Exits 0 when all is well; 1 when an avatar points at a missing object, a deletion failed,
+    or the database or the store failed during the run; 2 when the configuration is invalid or
+    the store cannot be used at all (the same check as at startup).
     """
     import asyncio
     from datetime import timedelta

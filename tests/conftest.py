@@ -68,7 +68,11 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     if TEST_STORAGE == "s3":
         values.update(s3_suite_values())
     values.update(overrides)
-    return load_settings(**values)
+    settings = load_settings(**values)
+    if settings.storage == "s3":
+        # Local storage makes the data folder in its startup check; tests may write into it.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
 
 
 def s3_suite_values() -> dict[str, Any]:

@@ -150,7 +150,9 @@ def stored_objects(settings: Settings) -> list[StoredS3Object]:
     client = moto_s3().client
     found = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket):
-        found.extend(StoredS3Object(settings.s3_bucket, item["Key"]) for item in page.get("Contents", ()))
+        found.extend(
+            StoredS3Object(settings.s3_bucket, item["Key"]) for item in page.get("Contents", ())
+        )
     return sorted(found)
 
 

@@ -53,9 +53,9 @@ def build_s3_client(settings: Settings) -> Any:
     config = Config(
         connect_timeout=settings.s3_connect_timeout,
         read_timeout=settings.s3_read_timeout,
-        # "standard" retries throttling and 5xx answers with backoff; max_attempts counts the
-        # first try.
-        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+        # "standard" retries throttling, 5xx answers and connection errors with backoff;
+        # total_max_attempts counts the first try (botocore's max_attempts would not).
+        retries={"mode": "standard", "total_max_attempts": settings.s3_max_attempts},
         max_pool_connections=settings.s3_max_connections,
         s3={"addressing_style": settings.s3_addressing_style},
         # SigV4 everywhere, presigned URLs included (some regions and stores accept nothing else).

@@ -17,7 +17,14 @@ import pytest_asyncio
 
 from app.core.config import Settings
 from app.db.migrate import upgrade
-from tests.conftest import CORPUS, corpus_rows, make_settings, missing, running_app
+from tests.conftest import (
+    CORPUS,
+    corpus_rows,
+    make_settings,
+    missing,
+    running_app,
+    stored_files,
+)
 from tests.images import assert_clean_webp
 
 # Bytes that must never reach a stored file: script and markup payloads hidden in images.
@@ -34,10 +41,8 @@ def expected_status(row: dict) -> int:
     return STATUS_FOR[row["expected"]]
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    if not root.exists():
-        return {}
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+def snapshot(settings: Settings) -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in stored_files(settings)}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -64,7 +69,7 @@ async def test_corpus_file(corpus_app, row: dict) -> None:
     client, auth, settings = corpus_app
     data = (CORPUS / row["file"]).read_bytes()
     user = "corpus-" + row["sha256"][:16]
-    before = snapshot(settings.media_path)
+    before = snapshot(settings)
 
     response = await client.post(
         "/users/me/avatar",
@@ -83,12 +88,12 @@ async def test_corpus_file(corpus_app, row: dict) -> None:
     if response.status_code == 201:
         document = response.json()
         for variant in document["variants"]:
-            stored = (settings.media_path / variant["url"].split("/media/", 1)[1]).read_bytes()
+            stored = (await client.get(variant["url"])).content
             assert stored != data, "the original bytes were stored"
             assert_clean_webp(stored, markers=PAYLOAD_MARKERS)
         await client.delete("/users/me/avatar", headers=auth(user))
     else:
         assert response.headers["content-type"].startswith("application/problem+json")
-        assert snapshot(settings.media_path) == before, "a rejected upload changed the store"
+        assert snapshot(settings) == before, "a rejected upload changed the store"
         missing_row = await client.get(f"/users/{user}/avatar")
         assert missing_row.status_code == 404

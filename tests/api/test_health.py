@@ -29,7 +29,7 @@ async def test_readyz_reports_an_unreachable_database(tmp_path) -> None:
 
 
 async def test_readyz_reports_unwritable_storage(tmp_path, sqlite_url) -> None:
-    settings = make_settings(tmp_path, database_url=sqlite_url)
+    settings = make_settings(tmp_path, database_url=sqlite_url, storage="local")
     async with running_app(settings) as (client, _auth):
         shutil.rmtree(settings.media_path, ignore_errors=True)
         settings.media_path.parent.mkdir(parents=True, exist_ok=True)

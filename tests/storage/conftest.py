@@ -27,7 +27,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         case "memory":
             yield MemoryStorage()
         case "s3":
-            storage = s3_storage(request.getfixturevalue("moto_server"), tmp_path, s3_prefix="contract")
+            storage = s3_storage(
+                request.getfixturevalue("moto_server"), tmp_path, s3_prefix="contract"
+            )
             try:
                 yield storage
             finally:

@@ -1,0 +1,147 @@
+"""Helpers for the fault tests: a storage wrapper that fails on cue, and snapshots that compare
+a store and the avatars table byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from app.core.config import Settings
+from app.db.session import create_engine
+from app.storage.base import Storage, StorageUnavailable, StoredObject
+from tests.conftest import ROOT
+
+KeyTest = Callable[[str], bool]
+
+
+class FaultyStorage:
+    """A real adapter with faults switched on per call, and a record of what was asked.
+
+    - ``fail_put``: refuse the put before anything is written (the store is down);
+    - ``lose_put_response``: write the object, then fail as if the answer was lost on the way
+      back (a read timeout after the store did its work);
+    - ``pause_after_puts``: after this many puts, wait until ``resume`` is set (an upload held
+      between writing its objects and committing its row).
+    """
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.fail_put: KeyTest = lambda _key: False
+        self.lose_put_response: KeyTest = lambda _key: False
+        self.pause_after_puts: int | None = None
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.written: list[str] = []
+        self.deleted: list[str] = []
+        self.on_delete: Callable[[str], Any] | None = None
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        if self.fail_put(key):
+            raise StorageUnavailable(f"injected: put {key} refused")
+        await self.inner.put(key, data, content_type)
+        self.written.append(key)
+        if self.lose_put_response(key):
+            raise StorageUnavailable(f"injected: answer to put {key} lost")
+        if self.pause_after_puts is not None and len(self.written) >= self.pause_after_puts:
+            self.paused.set()
+            await self.resume.wait()
+
+    async def get(self, key: str) -> bytes:
+        return await self.inner.get(key)
+
+    async def delete(self, key: str) -> None:
+        if self.on_delete is not None:
+            await self.on_delete(key)
+        await self.inner.delete(key)
+        self.deleted.append(key)
+
+    async def exists(self, key: str) -> bool:
+        return await self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        return self.inner.list(prefix)
+
+    def url(self, key: str, *, base_url: str) -> str:
+        return self.inner.url(key, base_url=base_url)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+
+async def store_snapshot(storage: Storage) -> dict[str, bytes]:
+    """Every object of the store, through the adapter itself."""
+    return {obj.key: await storage.get(obj.key) async for obj in storage.list()}
+
+
+async def table_snapshot(database_url: str) -> list[tuple[Any, ...]]:
+    """Every row of the avatars table, every column, as the database returns them."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(text("SELECT * FROM avatars ORDER BY user_id"))
+            return [tuple(row) for row in result]
+    finally:
+        await engine.dispose()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as AVATAR_* variables, for a child process (a CLI run, a killed upload)."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"AVATAR_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
+    return env
+
+
+async def run_cli(settings: Settings, *args: str, cwd: Path) -> tuple[int, str, str]:
+    """``avatar-service ARGS`` in a child process configured with ``settings``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        *args,
+        cwd=cwd,
+        env=child_env(settings),
+        stdout=PIPE,
+        stderr=PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_")}
+    env.update(settings_env(settings))
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+SUMMARY_LINE = re.compile(
+    r"^\s*(?P<label>[a-z][a-z ,()]*?)\s+(?P<count>[\d,]+)\s+(?P<bytes>[\d,]+)\s*$"
+)
+
+
+def gc_summary(output: str) -> dict[str, tuple[int, int]]:
+    """The ``gc`` summary table as {label: (objects, bytes)}."""
+    rows = {}
+    for line in output.splitlines():
+        match = SUMMARY_LINE.match(line)
+        if match:
+            rows[match["label"]] = (
+                int(match["count"].replace(",", "")),
+                int(match["bytes"].replace(",", "")),
+            )
+    return rows

@@ -1,0 +1,230 @@
+"""The reconciler: orphans are reported, deleted only with ``apply`` and only past the grace
+period; referenced objects and foreign keys are never touched; missing objects are reported.
+Each test runs on local storage and on S3."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.core.security import create_token
+from app.db.session import create_engine, create_sessionmaker
+from app.main import create_app
+from app.services.avatars import object_key
+from app.services.gc import KEY_PREFIX, MissingObject, reconcile
+from app.storage import Storage, build_storage
+from tests.conftest import serving
+from tests.images import jpeg_with_metadata
+from tests.services.support import FaultyStorage, gc_summary, run_cli, store_snapshot
+
+ORPHANS = {
+    "avatars/0000aaaa0000aaaa0000aaaa0000aaaa/original.webp": b"o" * 3000,
+    "avatars/0000aaaa0000aaaa0000aaaa0000aaaa/thumb.webp": b"t" * 700,
+    "avatars/1111bbbb1111bbbb1111bbbb1111bbbb/original.webp": b"x" * 1234,
+}
+FOREIGN = {"backups/avatars.sql": b"not ours", "other/avatars/x.webp": b"not ours either"}
+LATER = timedelta(hours=2)  # past the default grace period of one hour
+
+
+class World:
+    """An app with two avatars (alice, bob) and the means to look at it."""
+
+    def __init__(self, settings: Settings, storage: FaultyStorage, client: httpx.AsyncClient):
+        self.settings = settings
+        self.storage = storage
+        self.client = client
+        self.engine = create_engine(settings.database_url)
+        self.sessions = create_sessionmaker(self.engine)
+
+    def headers(self, user: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {create_token(self.settings, user)}"}
+
+    async def upload(self, user: str = "alice") -> httpx.Response:
+        data = jpeg_with_metadata((320, 240))
+        return await self.client.post(
+            "/users/me/avatar",
+            headers=self.headers(user),
+            files={"file": ("a.jpg", data, "image/jpeg")},
+        )
+
+    async def fetch(self, url: str) -> httpx.Response:
+        """An image URL: through the app for /media URLs, over real HTTP for presigned ones."""
+        if url.startswith(str(self.client.base_url)):
+            return await self.client.get(url)
+        async with httpx.AsyncClient() as http:
+            return await http.get(url)
+
+    async def plant(self, objects: dict[str, bytes]) -> None:
+        for key, data in objects.items():
+            await self.storage.put(key, data, "image/webp")
+
+    async def reconcile(self, **kwargs):
+        return await reconcile(sessions=self.sessions, storage=self.storage, **kwargs)
+
+
+@pytest.fixture
+async def world(store_settings: Settings) -> AsyncIterator[World]:
+    inner = build_storage(store_settings)
+    storage = FaultyStorage(inner)
+    try:
+        async with serving(create_app(store_settings, storage=storage)) as client:
+            world = World(store_settings, storage, client)
+            try:
+                for user in ("alice", "bob"):
+                    assert (await world.upload(user)).status_code == 201
+                yield world
+            finally:
+                await world.engine.dispose()
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+
+
+def later() -> datetime:
+    return datetime.now(UTC) + LATER
+
+
+async def referenced(storage: Storage) -> dict[str, bytes]:
+    return {k: v for k, v in (await store_snapshot(storage)).items() if k not in ORPHANS}
+
+
+def test_key_prefix_covers_every_key_the_service_makes() -> None:
+    assert object_key("0123abcd", "original").startswith(KEY_PREFIX)
+
+
+async def test_dry_run_reports_orphans_with_bytes_and_deletes_nothing(world: World) -> None:
+    await world.plant(ORPHANS | FOREIGN)
+    before = await store_snapshot(world.storage)
+    report = await world.reconcile(now=later())
+    assert sorted(obj.key for obj in report.orphans) == sorted(ORPHANS)
+    assert report.orphan_bytes == sum(map(len, ORPHANS.values()))
+    assert report.referenced.count == len(before) - len(ORPHANS) - len(FOREIGN)
+    assert report.scanned.count == len(before) - len(FOREIGN)
+    assert report.deleted.count == 0 and report.clean
+    assert await store_snapshot(world.storage) == before
+
+
+async def test_apply_deletes_the_orphans_and_nothing_else(world: World) -> None:
+    kept = await store_snapshot(world.storage)
+    await world.plant(ORPHANS | FOREIGN)
+    report = await world.reconcile(now=later(), apply=True)
+    assert sorted(world.storage.deleted) == sorted(ORPHANS)
+    assert (report.deleted.count, report.deleted.bytes) == (
+        len(ORPHANS),
+        sum(map(len, ORPHANS.values())),
+    )
+    assert await store_snapshot(world.storage) == kept | FOREIGN
+    for user in ("alice", "bob"):
+        document = (await world.client.get(f"/users/{user}/avatar")).json()
+        for variant in document["variants"]:
+            assert (await world.fetch(variant["url"])).status_code == 200
+    again = await world.reconcile(now=later(), apply=True)
+    assert again.orphans == [] and again.deleted.count == 0
+
+
+async def test_orphans_within_the_grace_period_are_kept(world: World) -> None:
+    await world.plant(ORPHANS)
+    before = await store_snapshot(world.storage)
+    report = await world.reconcile(apply=True)  # now, default grace of an hour
+    assert report.orphans == []
+    assert (report.recent.count, report.recent.bytes) == (
+        len(ORPHANS),
+        sum(map(len, ORPHANS.values())),
+    )
+    assert world.storage.deleted == []
+    assert await store_snapshot(world.storage) == before
+
+
+async def test_rows_whose_objects_are_missing_are_reported(world: World) -> None:
+    document = (await world.client.get("/users/bob/avatar")).json()
+    lost = object_key(document["version"], "thumb")
+    await world.storage.inner.delete(lost)
+    report = await world.reconcile(now=later(), apply=True)
+    assert report.missing == [MissingObject("bob", lost)]
+    assert not report.clean
+    assert world.storage.deleted == [], "a referenced object must never be deleted"
+
+
+async def test_an_upload_in_flight_survives_gc(world: World) -> None:
+    document = (await world.client.get("/users/me/avatar", headers=world.headers())).json()
+    world.storage.pause_after_puts = len(world.storage.written) + len(document["variants"])
+    upload = asyncio.create_task(world.upload())
+    await asyncio.wait_for(world.storage.paused.wait(), timeout=30)
+
+    report = await world.reconcile(apply=True)  # objects written, row not yet committed
+    assert report.recent.count == len(document["variants"])
+    assert world.storage.deleted == []
+
+    world.storage.resume.set()
+    response = await upload
+    assert response.status_code == 201
+    for variant in response.json()["variants"]:
+        assert (await world.fetch(variant["url"])).status_code == 200
+    final = await world.reconcile(now=later())
+    assert final.orphans == [] and final.clean
+
+
+async def test_gc_command_dry_run_then_apply(world: World, tmp_path: Path) -> None:
+    await world.plant(ORPHANS)
+    kept = await referenced(world.storage)
+    orphan_bytes = sum(map(len, ORPHANS.values()))
+
+    code, out, err = await run_cli(world.settings, "gc", "--grace", "0", cwd=tmp_path)
+    assert code == 0, err
+    summary = gc_summary(out)
+    assert summary["orphans"] == (len(ORPHANS), orphan_bytes)
+    assert summary["referenced"] == (len(kept), sum(map(len, kept.values())))
+    assert summary["scanned"] == (
+        len(kept) + len(ORPHANS),
+        sum(map(len, kept.values())) + orphan_bytes,
+    )
+    assert "deleted" not in summary
+    assert "dry run: nothing deleted" in out
+    assert await store_snapshot(world.storage) == kept | ORPHANS
+
+    code, out, err = await run_cli(world.settings, "gc", "--grace", "0", "--apply", cwd=tmp_path)
+    assert code == 0, err
+    assert gc_summary(out)["deleted"] == (len(ORPHANS), orphan_bytes)
+    assert await store_snapshot(world.storage) == kept
+
+
+async def test_gc_command_exits_1_when_an_avatar_misses_objects(world: World, tmp_path) -> None:
+    document = (await world.client.get("/users/alice/avatar")).json()
+    lost = object_key(document["version"], "original")
+    await world.storage.inner.delete(lost)
+    code, out, _err = await run_cli(world.settings, "gc", cwd=tmp_path)
+    assert code == 1
+    assert f"missing {lost} (avatar of user 'alice')" in out
+    assert "avatars with missing objects: 1" in out
+
+
+async def test_gc_command_reports_an_unusable_store_in_one_line(
+    store_settings: Settings, tmp_path: Path
+) -> None:
+    if store_settings.storage == "s3":
+        broken = store_settings.model_copy(update={"s3_bucket": "no-such-bucket-here"})
+        reason = "S3 bucket 'no-such-bucket-here' does not exist"
+    else:
+        store_settings.media_path.parent.mkdir(parents=True, exist_ok=True)
+        store_settings.media_path.write_text("a file where the folder should be")
+        broken = store_settings
+        reason = "cannot be created"
+    code, out, err = await run_cli(broken, "gc", cwd=tmp_path)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: the storage cannot be used: ")
+    assert reason in err
+    assert "Traceback" not in err
+
+
+async def test_gc_command_refuses_a_negative_grace(store_settings: Settings, tmp_path) -> None:
+    code, _out, err = await run_cli(store_settings, "gc", "--grace", "-1", cwd=tmp_path)
+    assert code == 2
+    assert "grace" in err

@@ -1,0 +1,72 @@
+"""A process that uploads an avatar and stops at a chosen point, there to be killed.
+
+    python -m tests.services.upload_child POINT IMAGE_FILE
+
+Settings come from the AVATAR_* environment. POINT is ``after-puts`` (every object written, no
+transaction begun) or ``at-commit`` (the row updated inside the transaction, COMMIT not yet
+sent). At the point it prints ``ready`` and waits; the test kills it with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import event
+
+from app.core.config import load_settings
+from app.db.session import create_engine, create_sessionmaker
+from app.imaging.pipeline import process_image
+from app.imaging.pool import WorkerPool
+from app.main import pipeline_options
+from app.services.avatars import replace_avatar
+from app.storage import build_storage
+from tests.services.support import FaultyStorage
+
+POINTS = ("after-puts", "at-commit")
+
+
+def ready() -> None:
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+
+async def main(point: str, data: bytes) -> None:
+    settings = load_settings(_env_file=None)
+    options = pipeline_options(settings)
+    storage = FaultyStorage(build_storage(settings))
+    engine = create_engine(settings.database_url)
+    if point == "after-puts":
+        # Pause once the last variant is written (the pipeline decides how many there are).
+        storage.pause_after_puts = len(process_image(data, options).variants)
+    else:
+
+        @event.listens_for(engine.sync_engine, "commit")
+        def hold(_connection) -> None:
+            ready()
+            time.sleep(3600)
+
+    upload = asyncio.create_task(
+        replace_avatar(
+            sessions=create_sessionmaker(engine),
+            storage=storage,
+            pool=WorkerPool(1, 0),
+            options=options,
+            user_id="alice",
+            upload=data,
+        )
+    )
+    if point == "after-puts":
+        await storage.paused.wait()
+        ready()
+    await upload
+    sys.exit("the upload finished; it should have been killed first")
+
+
+if __name__ == "__main__":
+    point, image = sys.argv[1], Path(sys.argv[2])
+    if point not in POINTS:
+        sys.exit(f"POINT must be one of {POINTS}")
+    asyncio.run(main(point, image.read_bytes()))
