@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
-from app.api.routes import avatars, health, media, metrics
+from app.api.routes import avatars, health, media, metrics, web
 from app.api.schemas import Problem
 from app.core.config import ConfigurationError, Settings, get_settings
 from app.core.ratelimit import UploadRateLimiter
@@ -26,6 +26,10 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         max_pixels=settings.max_pixels,
         max_dimension=settings.max_dimension,
         thumbnail_size=settings.thumbnail_size,
+        thumbnail_sizes=tuple(settings.thumbnail_sizes),
+        original_max_side=settings.original_max_side,
+        max_frames=settings.max_frames,
+        formats=frozenset(settings.allowed_formats),
     )
 
 
@@ -92,6 +96,8 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    if settings.env == "development":
+        app.include_router(web.router)
 
     original_openapi = app.openapi
 
@@ -106,3 +112,13 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory each server process calls when `serve` runs several of them: settings from
+    the environment, JSON logs configured in that process."""
+    from app.core.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

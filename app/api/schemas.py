@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -27,18 +28,31 @@ class VariantPublic(BaseModel):
     height: int
     bytes: int
     content_type: str
+    frames: int = Field(default=1, description="More than 1: an animated WebP.")
 
 
 class AvatarPublic(BaseModel):
     user_id: str
     avatar_url: str
     avatar_thumb_url: str
+    avatar_still_url: str = Field(
+        description="A still picture for reduced-motion settings: the first frame of an "
+        "animated avatar, else the same as avatar_thumb_url."
+    )
+    animated: bool
     width: int
     height: int
     content_type: str
     bytes: int
     version: str
     variants: list[VariantPublic]
+    metadata_removed: list[str] = Field(
+        examples=[["exif.gps", "exif.camera", "xmp", "iptc", "icc->srgb"]],
+        description="What the upload carried that no stored file does.",
+    )
+    orientation_applied: int = Field(
+        examples=[6], description="The EXIF orientation turned into pixels (1 = none)."
+    )
     updated_at: datetime
 
     @classmethod
@@ -51,6 +65,7 @@ class AvatarPublic(BaseModel):
                 height=variant["height"],
                 bytes=variant["bytes"],
                 content_type=variant["content_type"],
+                frames=variant.get("frames", 1),
             )
             for variant in avatar.variants
         ]
@@ -63,12 +78,16 @@ class AvatarPublic(BaseModel):
             user_id=avatar.user_id,
             avatar_url=original.url,
             avatar_thumb_url=by_name["thumb"].url,
+            avatar_still_url=by_name.get("still", by_name["thumb"]).url,
+            animated=original.frames > 1,
             width=original.width,
             height=original.height,
             content_type=original.content_type,
             bytes=original.bytes,
             version=avatar.version,
             variants=variants,
+            metadata_removed=list(avatar.metadata_removed or []),
+            orientation_applied=avatar.orientation_applied or 1,
             updated_at=updated_at,
         )
 
@@ -76,3 +95,5 @@ class AvatarPublic(BaseModel):
 class HealthStatus(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+    # With /readyz?deep=1: each bundled sample's expected and actual outcome.
+    images: dict[str, dict[str, Any]] | None = None

@@ -9,6 +9,7 @@ Parts are kept in memory (they are bounded by the limit): no temporary file is e
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -46,8 +47,19 @@ async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    fields: dict[str, str]  # the body's text fields (e.g. ``crop``)
+
+
 async def read_multipart_file(request: Request, max_bytes: int) -> bytes:
     """Return the bytes of the ``file`` part of a multipart/form-data body."""
+    return (await read_upload(request, max_bytes)).data
+
+
+async def read_upload(request: Request, max_bytes: int) -> Upload:
+    """Return the ``file`` part and the text fields of a multipart/form-data body."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedContentType("Send the image as multipart/form-data with the field 'file'.")
@@ -71,8 +83,9 @@ async def read_multipart_file(request: Request, max_bytes: int) -> bytes:
         if not isinstance(upload, UploadFile):
             raise MissingFile("The multipart body has no file in the field 'file'.")
         data = await upload.read(max_bytes + 1)
+        fields = {name: value for name, value in form.multi_items() if isinstance(value, str)}
     finally:
         await form.close()
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
-    return data
+    return Upload(data, fields)

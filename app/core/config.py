@@ -7,12 +7,15 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
+
+# Input types the image pipeline can read; HEIF and AVIF are off unless listed.
+ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF"]
 
 SUPPORTED_ALGORITHMS = {"HS256", "RS256", "ES256"}
 
@@ -36,6 +39,13 @@ class Settings(BaseSettings):
     )
 
     env: Literal["development", "production"] = "development"
+    # `avatar-service serve`: address, port, server processes, and how long SIGTERM waits for
+    # in-flight requests before the process stops.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    processes: int = Field(default=1, ge=1)
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path("./data")
     database_url: str = ""
     storage: Literal["local", "s3"] = "local"
@@ -78,8 +88,36 @@ class Settings(BaseSettings):
     max_dimension: int = Field(default=4096, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     thumbnail_size: int = Field(default=400, gt=0)
+    # Image pipeline (app/imaging): more square sizes, the original's cap, animations, inputs.
+    thumbnail_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [400, 256, 128, 64]
+    )
+    original_max_side: int = Field(default=2048, ge=0)
+    max_frames: int = Field(default=200, gt=0)
+    allowed_formats: Annotated[list[ImageFormat], NoDecode] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "GIF", "WEBP"]
+    )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     queue_size: int = Field(default=16, ge=0)
+
+    @field_validator("thumbnail_sizes", "allowed_formats", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # "400,256,128" or a JSON list; HEIC and JPG are the common names of HEIF and JPEG.
+        if isinstance(value, str):
+            items = value.strip().strip("[]").replace('"', "").split(",")
+            value = [item.strip() for item in items if item.strip()]
+        if isinstance(value, list):
+            aliases = {"HEIC": "HEIF", "JPG": "JPEG"}
+            value = [aliases.get(v.upper(), v.upper()) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("thumbnail_sizes")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(size <= 0 for size in value):
+            raise ValueError("thumbnail sizes must be positive")
+        return value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

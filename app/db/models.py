@@ -28,6 +28,10 @@ class Avatar(Base):
     source_format: Mapped[str] = mapped_column(String(16))
     # [{"name", "key", "width", "height", "bytes", "content_type"}, ...]; "original" first.
     variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # What the pipeline removed from the upload ("exif.gps", "xmp", "icc->srgb", ...) and the
+    # EXIF orientation it applied (1 = none).
+    metadata_removed: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    orientation_applied: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -70,11 +70,23 @@ _FORMAT_NAMES = {
 ANIMATED_FORMATS = frozenset({"GIF", "WEBP", "PNG", "AVIF"})
 
 # JPEG draft decoding: a DCT-scaled decode that lands at most this fraction under the original's
-# size cap is kept at that size (a 4032 px photo is stored at 2016 px instead of being decoded
-# in full and resampled to 2048 px: about 40% less time for 1.6% fewer pixels per side).
+# size cap is kept at that size. A 4032 px photo is decoded at half scale and stored at 2016 px
+# (35 ms) instead of decoded in full and resampled to 2048 px (330 ms): 1.6% fewer pixels a side.
 DRAFT_SLACK = 1 / 16
-# Animated WebP: method 2 and minimize_size, measured on the corpus's GIFs (benchmarks README).
+# Animated WebP: method 2 with minimize_size (benchmarks/pipeline.py --wins): half the time of
+# method 4 for 6% more bytes; method 6 takes seconds a clip.
 ANIMATION_METHOD = 2
+# Drawings (pictures of at most DRAWING_COLOURS colours, or of at most DRAWING_PIXELS pixels:
+# icons, pixel art, logos) also get a lossless encode of each still variant up to
+# LOSSLESS_MAX_PIXELS, kept when it costs at most EXACT_BUDGET bytes more than the lossy one.
+# Lossy WebP halves colour resolution, which smears their flat colours and hard edges. Photos
+# never pay for the second encode. Lossless effort 50, method 2: measured within 5% of the
+# bytes of effort 80, method 4, at a fifth of the time.
+DRAWING_COLOURS = 256
+DRAWING_PIXELS = 128 * 128
+LOSSLESS_MAX_PIXELS = 1024 * 1024
+LOSSLESS_EFFORT, LOSSLESS_METHOD = 50, 2
+EXACT_BUDGET = 4096
 # resize() first shrinks by an integer factor with reduce() until the image is within this
 # factor of the target, then resamples with Lanczos: same look, a fraction of the work.
 REDUCING_GAP = 3.0
@@ -90,6 +102,8 @@ _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset(
     {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 )
+# x,y,width,height: ASCII digits only (str.isdigit() also takes "²"), at most 7 of them.
+_CROP = re.compile(r"\s*(\d{1,7})\s*,\s*(\d{1,7})\s*,\s*(\d{1,7})\s*,\s*(\d{1,7})\s*", re.ASCII)
 # An image spatial extents property: size 20, "ispe", version + flags, width, height.
 _ISPE = re.compile(rb"\x00\x00\x00\x14ispe.{4}(.{4})(.{4})", re.DOTALL)
 
@@ -124,8 +138,6 @@ _STRUCTURE_TAGS = frozenset({_EXIF_ORIENTATION_TAG, 0x8769, 0x8825, 0xA005})
 
 _PNG_XMP = "XML:com.adobe.xmp"
 
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
 
 class CropBox(NamedTuple):
     """A region of the upright image, in its pixels."""
@@ -147,8 +159,12 @@ class PipelineOptions:
     formats: frozenset[str] = DEFAULT_FORMATS
     original_quality: int = 85
     thumbnail_quality: int = 80
-    # Chosen by measurement (benchmarks/pipeline.py --methods; the table is in the README).
-    webp_method: int = 4
+    # WebP methods, chosen by measurement (benchmarks/pipeline.py --wins; table in the README):
+    # the original is made once and seldom downloaded: method 2 encodes it 2.3x faster than 4
+    # for 3% more bytes. The squares are small to encode and downloaded by every avatar list:
+    # method 6 makes them 5% smaller for a few milliseconds.
+    original_method: int = 2
+    square_method: int = 6
 
     def squares(self) -> tuple[tuple[str, int], ...]:
         """(variant name, side) of every thumbnail, largest first."""
@@ -220,7 +236,7 @@ def process_image(
             removed |= inspect_text(frame)
             rendered.append(fit(to_srgb(orient(_own(frame, True), transpose), removed), layout))
 
-    variants = encode_all(rendered, durations, loop, layout, options)
+    variants = encode_all(rendered, durations, loop, layout, options, drawing=is_drawing(first))
     original = variants[0]
     return ProcessedImage(
         source_format=source_format,
@@ -455,11 +471,9 @@ def inspect(image: Image.Image) -> tuple[int, set[str]]:
     ``to_srgb``: a profile converted, then dropped) or ``icc`` (an unusable profile dropped).
     """
     info = image.info
-    removed: set[str] = set()
-    orientation = 1
-    if info.get("exif"):
-        orientation, exif_report = _inspect_exif(image)
-        removed |= exif_report
+    # Pillow's getexif() also reads an orientation kept only in XMP or in ImageMagick's PNG text
+    # profile; after load() it decodes nothing.
+    orientation, removed = _inspect_exif(image)
     if image.format == "HEIF":
         # libheif has already turned the pixels upright; report what it applied.
         value = info.get("original_orientation")
@@ -502,7 +516,7 @@ def _inspect_exif(image: Image.Image) -> tuple[int, set[str]]:
         if exif.get_ifd(ExifTags.IFD.IFD1):
             removed.add("exif.thumbnail")
     except Exception:
-        return 1, {"exif.other"}
+        return 1, {"exif.other"} if image.info.get("exif") else set()
     if tags & _CAMERA_TAGS:
         removed.add("exif.camera")
     if tags & _DATETIME_TAGS:
@@ -583,7 +597,7 @@ def _apply_icc(image: Image.Image, icc: bytes) -> Image.Image | None:
         result = ImageCms.profileToProfile(
             source,
             profile,
-            _SRGB,
+            ImageCms.createProfile("sRGB"),  # one per call: a profile is not shared by threads
             renderingIntent=ImageCms.Intent.PERCEPTUAL,
             outputMode="RGB",
         )
@@ -619,10 +633,10 @@ class Layout:
 
 def parse_crop(text: str) -> CropBox:
     """``"x,y,w,h"`` in whole pixels of the upright image."""
-    parts = text.split(",")
-    if len(text) > 64 or len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+    match = _CROP.fullmatch(text)
+    if match is None:
         raise InvalidCrop("The crop must be four whole numbers: x,y,width,height.")
-    x, y, width, height = (int(p) for p in parts)
+    x, y, width, height = (int(group) for group in match.groups())
     if width <= 0 or height <= 0:
         raise InvalidCrop("The crop's width and height must be positive.")
     return CropBox(x, y, width, height)
@@ -636,12 +650,7 @@ def plan(
     options: PipelineOptions,
 ) -> Layout:
     full_width, full_height = full_size
-    if _ORIENTATION_TRANSPOSE.get(orientation) in (
-        Image.Transpose.TRANSPOSE,
-        Image.Transpose.TRANSVERSE,
-        Image.Transpose.ROTATE_90,
-        Image.Transpose.ROTATE_270,
-    ):
+    if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image is the other way round
         full_width, full_height = full_height, full_width
     if crop is None:
         crop = CropBox(0, 0, full_width, full_height)
@@ -722,6 +731,8 @@ def encode_all(
     loop: int,
     layout: Layout,
     options: PipelineOptions,
+    *,
+    drawing: bool = False,
 ) -> tuple[Variant, ...]:
     """Every variant, encoding each distinct picture once: a square of the same side as another
     (a small image capped them both) or as a square original shares its bytes."""
@@ -733,9 +744,10 @@ def encode_all(
         animation(lambda r: r.original),
         "original",
         quality=options.original_quality,
-        options=options,
+        method=options.original_method,
         durations=durations,
         loop=loop,
+        exact=drawing,
     )
     variants = [original]
     by_side: dict[int, Variant] = {}
@@ -749,16 +761,22 @@ def encode_all(
                 animation(lambda r, i=index: r.squares[i]),
                 name,
                 quality=options.thumbnail_quality,
-                options=options,
+                method=options.square_method,
                 durations=durations,
                 loop=loop,
-                square=True,
+                exact=drawing,
             )
         variants.append(replace(same, name=name))
     if len(rendered) > 1:
         first = rendered[0].squares[0]
         variants.append(
-            encode([first], "still", quality=options.thumbnail_quality, options=options)
+            encode(
+                [first],
+                "still",
+                quality=options.thumbnail_quality,
+                method=options.square_method,
+                exact=drawing,
+            )
         )
     return tuple(variants)
 
@@ -768,20 +786,17 @@ def encode(
     name: str,
     *,
     quality: int,
-    options: PipelineOptions,
+    method: int,
     durations: list[int] | None = None,
     loop: int = 0,
-    square: bool = False,
+    exact: bool = False,
 ) -> Variant:
-    buffer = io.BytesIO()
     first = frames[0]
-    # Only pixel options are passed: no exif=, icc_profile= or xmp= may ever reach the encoder.
     if len(frames) == 1:
-        first.save(buffer, "WEBP", quality=quality, method=options.webp_method)
+        data = _encode_still(first, quality=quality, method=method, exact=exact)
     else:
-        first.save(
-            buffer,
-            "WEBP",
+        data = _webp(
+            first,
             save_all=True,
             append_images=frames[1:],
             duration=durations,
@@ -790,14 +805,30 @@ def encode(
             quality=quality,
             method=ANIMATION_METHOD,
             minimize_size=True,
-            # Lossless where it is smaller (flat, drawn frames): measured worth its time on the
-            # small squares only.
-            allow_mixed=square,
         )
-    return Variant(
-        name=name,
-        data=buffer.getvalue(),
-        width=first.width,
-        height=first.height,
-        frames=len(frames),
-    )
+    return Variant(name=name, data=data, width=first.width, height=first.height, frames=len(frames))
+
+
+def _encode_still(image: Image.Image, *, quality: int, method: int, exact: bool) -> bytes:
+    """Lossy WebP; for a drawing, lossless instead when that costs at most ``EXACT_BUDGET``
+    more bytes."""
+    lossy = _webp(image, quality=quality, method=method)
+    if not exact or image.width * image.height > LOSSLESS_MAX_PIXELS:
+        return lossy
+    lossless = _webp(image, lossless=True, quality=LOSSLESS_EFFORT, method=LOSSLESS_METHOD)
+    return lossless if len(lossless) <= len(lossy) + EXACT_BUDGET else lossy
+
+
+def is_drawing(image: Image.Image) -> bool:
+    """Few colours or few pixels. ``getcolors`` stops counting past the limit: a photo is
+    told apart within its first few hundred pixels."""
+    if image.width * image.height <= DRAWING_PIXELS:
+        return True
+    return image.getcolors(DRAWING_COLOURS) is not None
+
+
+def _webp(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    # Only pixel options are passed: no exif=, icc_profile= or xmp= may ever reach the encoder.
+    image.save(buffer, "WEBP", **options)
+    return buffer.getvalue()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.errors import AvatarNotFound, DatabaseUnavailable, StorageUnavailableError
 from app.db.models import Avatar, utcnow
-from app.imaging.pipeline import PipelineOptions, ProcessedImage, process_image
+from app.imaging.pipeline import CropBox, PipelineOptions, ProcessedImage, process_image
 from app.imaging.pool import WorkerPool
 from app.storage.base import Storage
 
@@ -40,6 +40,7 @@ class StoredVariant:
     height: int
     bytes: int
     content_type: str
+    frames: int = 1
 
 
 def object_key(version: str, name: str) -> str:
@@ -55,8 +56,9 @@ async def replace_avatar(
     options: PipelineOptions,
     user_id: str,
     upload: bytes,
+    crop: CropBox | None = None,
 ) -> Avatar:
-    processed = await pool.run(process_image, upload, options)
+    processed = await pool.run(process_image, upload, options, crop=crop)
 
     version = uuid.uuid4().hex
     variants = [
@@ -67,14 +69,17 @@ async def replace_avatar(
             height=variant.height,
             bytes=len(variant.data),
             content_type=variant.content_type,
+            frames=variant.frames,
         )
         for variant in processed.variants
     ]
+    # A key counts as written as soon as its put is sent: a put that fails may still have stored
+    # the object (its answer lost after the store did the work), so the compensation covers it.
     written: list[str] = []
     try:
         for stored, variant in zip(variants, processed.variants, strict=True):
-            await storage.put(stored.key, variant.data, stored.content_type)
             written.append(stored.key)
+            await storage.put(stored.key, variant.data, stored.content_type)
     except Exception as exc:
         await delete_objects(storage, written)
         raise StorageUnavailableError("The image store could not save the avatar.") from exc
@@ -105,6 +110,8 @@ async def _swap_row(
         "height": processed.height,
         "source_format": processed.source_format,
         "variants": [vars(variant) for variant in variants],
+        "metadata_removed": list(processed.metadata_removed),
+        "orientation_applied": processed.orientation,
         "updated_at": utcnow(),
     }
     for attempt in range(_ROW_ATTEMPTS):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import (
     BaseUrl,
@@ -16,11 +18,19 @@ from app.api.deps import (
 )
 from app.api.problems import problem_responses
 from app.api.schemas import AvatarPublic
-from app.api.upload import FILE_FIELD, read_multipart_file
+from app.api.upload import FILE_FIELD, read_upload
 from app.core import errors
+from app.imaging.pipeline import parse_crop
 from app.services import avatars as service
 
 router = APIRouter(tags=["avatars"])
+
+CROP_FIELD = "crop"
+_CROP_HELP = (
+    "Optional `x,y,width,height` in pixels of the upright image: the avatar is this region "
+    "(its centre square for the thumbnails) instead of the whole picture. A form field or a "
+    "query parameter; outside the image it is a 422 `invalid_crop`."
+)
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -34,9 +44,11 @@ _UPLOAD_BODY = {
                         FILE_FIELD: {
                             "type": "string",
                             "format": "binary",
-                            "description": "A JPEG, PNG, GIF or WebP image. The type is read "
-                            "from the content, never from the file name.",
-                        }
+                            "description": "A JPEG, PNG, GIF or WebP image (HEIC and AVIF "
+                            "where enabled). The type is read from the content, never from the "
+                            "file name.",
+                        },
+                        CROP_FIELD: {"type": "string", "description": _CROP_HELP},
                     },
                 }
             }
@@ -59,6 +71,8 @@ _UPLOAD_BODY = {
         errors.CorruptImage,
         errors.TooManyPixels,
         errors.DimensionsTooLarge,
+        errors.TooManyFrames,
+        errors.InvalidCrop,
         errors.MissingFile,
         errors.RateLimited,
         errors.ServerBusy,
@@ -75,16 +89,24 @@ async def upload_avatar(
     pool: PoolDep,
     options: PipelineOptionsDep,
     base_url: BaseUrl,
+    crop: Annotated[str | None, Query(description=_CROP_HELP)] = None,
 ) -> AvatarPublic:
-    upload = await read_multipart_file(request, settings.max_upload_bytes)
-    avatar = await service.replace_avatar(
-        sessions=sessions,
-        storage=storage,
-        pool=pool,
-        options=options,
-        user_id=user_id,
-        upload=upload,
-    )
+    crop_box = parse_crop(crop) if crop is not None else None
+    # A place in the image pool is taken before the body is read: when the pool is full the
+    # request is refused (503) having buffered nothing.
+    with pool.reserve():
+        upload = await read_upload(request, settings.max_upload_bytes)
+        if crop_box is None and CROP_FIELD in upload.fields:
+            crop_box = parse_crop(upload.fields[CROP_FIELD])
+        avatar = await service.replace_avatar(
+            sessions=sessions,
+            storage=storage,
+            pool=pool,
+            options=options,
+            user_id=user_id,
+            upload=upload.data,
+            crop=crop_box,
+        )
     return AvatarPublic.build(avatar, storage=storage, base_url=base_url)
 
 

@@ -1,0 +1,169 @@
+"""A real server for the benchmarks: ``avatar-service serve`` in a child process, on a free
+loopback port, with its own data folder (SQLite, local storage) that is removed afterwards.
+
+Also the client side: one multipart body built once, uploads over plain ``http.client`` (little
+CPU of its own, so it takes little from the server on a small machine), and the server's memory
+read from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SECRET = "benchmark-secret-" + "b" * 40
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int | None  # None for a server this process did not start
+    secret: str
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "127.0.0.1", parts.port or 80
+
+    def token(self, user_id: str) -> str:
+        from app.core.config import load_settings
+        from app.core.security import create_token
+
+        settings = load_settings(_env_file=None, jwt_secret=self.secret, data_dir=Path("."))
+        return create_token(settings, user_id, ttl_seconds=3600)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from app.cli import main; main()", *args]
+
+
+@contextmanager
+def spawned_server(**settings: str) -> Iterator[Server]:
+    """Start a server with ``AVATAR_*`` overrides (e.g. ``workers="2"``); stop it on exit."""
+    data_dir = Path(tempfile.mkdtemp(prefix="avatar-bench-"))
+    # Only this benchmark's settings: none inherited from the environment.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_")}
+    env = {
+        **inherited,
+        "AVATAR_DATA_DIR": str(data_dir),
+        "AVATAR_JWT_SECRET": SECRET,
+        "AVATAR_RATE_LIMIT": "1000000/second",
+        "AVATAR_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update({f"AVATAR_{name.upper()}": value for name, value in settings.items()})
+    port = _free_port()
+    subprocess.run(_cli("migrate"), env=env, cwd=ROOT, check=True, capture_output=True)
+    process = subprocess.Popen(
+        _cli("serve", "--host", "127.0.0.1", "--port", str(port)),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Server(f"http://127.0.0.1:{port}", process.pid, SECRET)
+    try:
+        _wait_ready(server, process)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _wait_ready(server: Server, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            status, _body, _ms = get(server, "/healthz", timeout=1)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the server did not answer /healthz in time")
+
+
+def multipart(data: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
+    """The upload body, built once, and its content type."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+        "\r\nContent-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return (
+        head + data + f"\r\n--{boundary}--\r\n".encode(),
+        f"multipart/form-data; boundary={boundary}",
+    )
+
+
+class Client:
+    """One keep-alive connection, as one browser tab would have."""
+
+    def __init__(self, server: Server, user_id: str) -> None:
+        self.server = server
+        self.connection = http.client.HTTPConnection(*server.host_port, timeout=120)
+        self.headers = {"Authorization": f"Bearer {server.token(user_id)}"}
+
+    def upload(self, body: bytes, content_type: str) -> tuple[int, dict, float]:
+        """(status, JSON document, milliseconds)."""
+        start = time.perf_counter()
+        self.connection.request(
+            "POST",
+            "/users/me/avatar",
+            body=body,
+            headers={**self.headers, "Content-Type": content_type},
+        )
+        response = self.connection.getresponse()
+        payload = response.read()
+        elapsed = (time.perf_counter() - start) * 1000
+        return response.status, json.loads(payload or b"{}"), elapsed
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def get(server: Server, path: str, *, timeout: float = 10) -> tuple[int, bytes, float]:
+    connection = http.client.HTTPConnection(*server.host_port, timeout=timeout)
+    try:
+        start = time.perf_counter()
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, body, (time.perf_counter() - start) * 1000
+    finally:
+        connection.close()
+
+
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """``VmHWM`` (peak resident memory so far) or ``VmRSS`` (now) of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"{field} not found for process {pid}")
