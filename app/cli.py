@@ -30,14 +30,23 @@ def _settings() -> Settings:
 
 @cli.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [default: AVATAR_HOST].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: AVATAR_PORT].")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Server processes [default: AVATAR_PROCESSES].", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (run `migrate` first)."""
+    """Serve the HTTP API (run `migrate` first). SIGTERM lets in-flight requests finish."""
     import asyncio
 
     import uvicorn
 
+    from app.core.logging import configure_logging
     from app.main import check_storage, close_storage, create_app
     from app.storage import build_storage
 
@@ -56,8 +65,24 @@ def serve(
         close_storage(storage)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    configure_logging(settings.log_level)
+    options = {
+        "host": host or settings.host,
+        "port": settings.port if port is None else port,
+        "proxy_headers": True,
+        "server_header": False,
+        "access_log": False,  # one JSON line per request comes from the app
+        "log_config": None,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+    }
+    count = processes or settings.processes
+    if count > 1:
+        # Each process builds its own app (and storage client) from the same settings.
+        close_storage(storage)
+        uvicorn.run("app.main:create_served_app", factory=True, workers=count, **options)
+        return
     try:
-        uvicorn.run(app, host=host, port=port, proxy_headers=True, server_header=False)
+        uvicorn.run(app, **options)
     finally:
         close_storage(storage)
 

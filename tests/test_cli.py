@@ -181,3 +181,19 @@ def test_sigterm_lets_in_flight_uploads_finish_and_refuses_new_ones(tmp_path) ->
         # uvicorn re-raises the signal once it has shut down cleanly.
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
         assert b"Traceback" not in server.log_path.read_bytes()
+
+
+def test_serve_with_two_processes_logs_one_json_line_per_request(tmp_path) -> None:
+    with live_server(tmp_path, AVATAR_PROCESSES="2") as server:
+        for index in range(4):
+            response = httpx.get(
+                f"{server.base_url}/healthz", headers={"X-Request-ID": f"probe-{index}"}
+            )
+            assert response.headers["x-request-id"] == f"probe-{index}"
+        server.process.terminate()
+        server.process.wait(timeout=30)
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line]
+    requests = [line for line in lines if line.get("logger") == "app.access"]
+    assert {line["request_id"] for line in requests} >= {f"probe-{i}" for i in range(4)}
+    assert all(line["route"] == "/healthz" and line["status"] == 200 for line in requests)
+    assert {line["logger"] for line in lines} >= {"app.access"}

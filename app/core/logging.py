@@ -34,3 +34,6 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # one line per request is ours
+    # Libraries that talk at INFO about their own plumbing (credentials found, retries).
+    for name in ("botocore", "boto3", "urllib3", "s3transfer", "aiobotocore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
