@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-browser run test test-s3 lint format migrate clean
+.PHONY: install install-browser run test test-s3 bench lint format migrate clean
 
 install: $(STAMP)
 
@@ -39,6 +39,12 @@ install-browser:
 # The whole suite with S3 storage: a moto S3 server on loopback, spoken to over HTTP.
 test-s3: install
 	AVATAR_TEST_STORAGE=s3 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks need pyvips (the bench extra) for the reference pipeline.
+bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m benchmarks.pipeline --wins
+	$(BIN)/python -m benchmarks.load
 
 lint: install
 	$(BIN)/ruff check app tests alembic benchmarks
