@@ -8,14 +8,22 @@ Parts are kept in memory (they are bounded by the limit): no temporary file is e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from app.core.errors import InvalidRequest, MissingFile, PayloadTooLarge, UnsupportedContentType
+from app.core.errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    MissingFile,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedContentType,
+)
 
 # Room for the multipart envelope (boundaries, part headers, a file name) around the file.
 ENVELOPE_BYTES = 16 * 1024
@@ -38,9 +46,29 @@ def check_declared_length(request: Request, limit: int) -> None:
         raise _too_large(limit - ENVELOPE_BYTES)
 
 
-async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def limited_stream(
+    request: Request, limit: int, *, idle_timeout: float, total_timeout: float
+) -> AsyncIterator[bytes]:
+    """The body, cut off past ``limit`` bytes, after ``idle_timeout`` seconds without a byte, or
+    after ``total_timeout`` seconds in all: a client trickling a byte at a time holds a
+    connection for a bounded time, never a worker."""
     received = 0
-    async for chunk in request.stream():
+    deadline = asyncio.get_running_loop().time() + total_timeout
+    chunks = request.stream().__aiter__()
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(min(idle_timeout, max(remaining, 0))):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The body did not arrive in time (at most {idle_timeout:g} s between chunks, "
+                f"{total_timeout:g} s in all)."
+            ) from None
+        except ClientDisconnect:
+            raise ClientDisconnected("The client closed the connection mid-upload.") from None
         received += len(chunk)
         if received > limit:
             raise _too_large(limit - ENVELOPE_BYTES)
@@ -53,12 +81,9 @@ class Upload:
     fields: dict[str, str]  # the body's text fields (e.g. ``crop``)
 
 
-async def read_multipart_file(request: Request, max_bytes: int) -> bytes:
-    """Return the bytes of the ``file`` part of a multipart/form-data body."""
-    return (await read_upload(request, max_bytes)).data
-
-
-async def read_upload(request: Request, max_bytes: int) -> Upload:
+async def read_upload(
+    request: Request, max_bytes: int, *, idle_timeout: float, total_timeout: float
+) -> Upload:
     """Return the ``file`` part and the text fields of a multipart/form-data body."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
@@ -68,7 +93,7 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
 
     parser = MultiPartParser(
         request.headers,
-        limited_stream(request, body_limit),
+        limited_stream(request, body_limit, idle_timeout=idle_timeout, total_timeout=total_timeout),
         max_files=1,
         max_fields=8,
         max_part_size=64 * 1024,

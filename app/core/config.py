@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     redis_url: str = ""
 
     max_upload_bytes: int = Field(default=10 * MIB, gt=0)
+    # A body must keep arriving: at most this many seconds between chunks, and in all.
+    body_idle_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=60.0, gt=0)
     max_dimension: int = Field(default=4096, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     thumbnail_size: int = Field(default=400, gt=0)

@@ -8,6 +8,8 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     ├── ResourceNotFound            404 not_found
     ├── MethodNotAllowed            405 method_not_allowed
     ├── PayloadTooLarge             413 image_too_large
+    ├── ClientDisconnected          400 client_disconnected (the client is gone; for logs)
+    ├── RequestTimeout              408 request_timeout
     ├── UnsupportedContentType      415 unsupported_content_type
     ├── InvalidRequest              422 invalid_request
     │   └── MissingFile             422 missing_file
@@ -81,6 +83,21 @@ class PayloadTooLarge(AppError):
     status = 413
     code = "image_too_large"
     title = "Upload too large"
+
+
+class ClientDisconnected(AppError):
+    status = 400
+    code = "client_disconnected"
+    title = "Client disconnected"
+
+
+class RequestTimeout(AppError):
+    status = 408
+    code = "request_timeout"
+    title = "Request body too slow"
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"Connection": "close"})
 
 
 class UnsupportedContentType(AppError):

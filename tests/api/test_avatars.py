@@ -279,3 +279,37 @@ async def test_openapi_documents_routes_and_errors(client) -> None:
     for status in ("401", "413", "415", "422", "503"):
         assert status in upload_op["responses"], status
     assert "Problem" in schema["components"]["schemas"]
+
+
+async def test_a_trickled_body_is_cut_off_with_408(tmp_path, sqlite_url) -> None:
+    import asyncio
+
+    from tests.conftest import make_settings, running_app
+
+    settings = make_settings(
+        tmp_path, database_url=sqlite_url, body_idle_timeout=0.3, body_timeout=1.0
+    )
+    async with running_app(settings) as (client, auth):
+        sent = 0
+
+        async def trickle():
+            nonlocal sent
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+            for _ in range(100):
+                await asyncio.sleep(0.05)  # a byte every 50 ms: never idle, always too slow
+                sent += 1
+                yield b"\xff"
+
+        headers = {**auth(), "Content-Type": "multipart/form-data; boundary=b"}
+        response = await client.post("/users/me/avatar", content=trickle(), headers=headers)
+        assert_problem(response, 408, "request_timeout")
+        assert sent < 40
+        assert stored_files(settings) == []
+
+        async def stall():
+            yield b"--b\r\n"
+            await asyncio.sleep(5)
+            yield b"never"
+
+        response = await client.post("/users/me/avatar", content=stall(), headers=headers)
+        assert_problem(response, 408, "request_timeout")

@@ -74,6 +74,7 @@ _UPLOAD_BODY = {
         errors.TooManyFrames,
         errors.InvalidCrop,
         errors.MissingFile,
+        errors.RequestTimeout,
         errors.RateLimited,
         errors.ServerBusy,
         errors.StorageUnavailableError,
@@ -95,7 +96,12 @@ async def upload_avatar(
     # A place in the image pool is taken before the body is read: when the pool is full the
     # request is refused (503) having buffered nothing.
     with pool.reserve():
-        upload = await read_upload(request, settings.max_upload_bytes)
+        upload = await read_upload(
+            request,
+            settings.max_upload_bytes,
+            idle_timeout=settings.body_idle_timeout,
+            total_timeout=settings.body_timeout,
+        )
         if crop_box is None and CROP_FIELD in upload.fields:
             crop_box = parse_crop(upload.fields[CROP_FIELD])
         avatar = await service.replace_avatar(
