@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
-from app.api.routes import avatars, health, media, metrics, web
+from app.api.routes import avatars, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
 from app.core.config import ConfigurationError, Settings, get_settings
 from app.core.ratelimit import UploadRateLimiter
@@ -91,8 +92,19 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     )
     app.state.metrics = app_metrics
     app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
+            expose_headers=["ETag", "Retry-After", "X-Request-ID", "Location"],
+            max_age=600,
+        )
     install_problem_handlers(app)
     app.include_router(avatars.router)
+    app.include_router(images.router)
+    app.include_router(constraints.router)
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -31,6 +31,20 @@ class VariantPublic(BaseModel):
     frames: int = Field(default=1, description="More than 1: an animated WebP.")
 
 
+class PlaceholderPublic(BaseModel):
+    blurhash: str = Field(
+        examples=["UqKFUx6XAzJro2a}a}a}fQfQfQfQo2a}a}a}"],
+        description="A BlurHash (4x4 components) of the square avatar, to paint while loading.",
+    )
+    dominant_color: str = Field(examples=["#c81e1e"], description="The dominant colour, #rrggbb.")
+
+
+class InlineImage(BaseModel):
+    variant: str = Field(examples=["thumb"])
+    data_uri: str = Field(examples=["data:image/webp;base64,UklGR..."])
+    bytes: int
+
+
 class AvatarPublic(BaseModel):
     user_id: str
     avatar_url: str
@@ -53,6 +67,19 @@ class AvatarPublic(BaseModel):
     orientation_applied: int = Field(
         examples=[6], description="The EXIF orientation turned into pixels (1 = none)."
     )
+    srcset: str = Field(
+        description="The square sizes as an HTML srcset (`url 64w, url 128w, ...`).",
+        examples=["https://.../thumb-64.webp 64w, https://.../thumb.webp 400w"],
+    )
+    placeholder: PlaceholderPublic | None = None
+    crop: list[int] | None = Field(
+        default=None,
+        description="The box [x, y, width, height] of the original the squares were cut from "
+        "(null: its centre square).",
+    )
+    inline: InlineImage | None = Field(
+        default=None, description="With ?inline=<variant>: that variant as a data: URI."
+    )
     updated_at: datetime
 
     @classmethod
@@ -74,6 +101,15 @@ class AvatarPublic(BaseModel):
         updated_at = avatar.updated_at
         if updated_at.tzinfo is None:  # SQLite hands back naive UTC
             updated_at = updated_at.replace(tzinfo=UTC)
+        squares = sorted(
+            {v.width: v for v in variants if v.name.startswith("thumb")}.values(),
+            key=lambda v: v.width,
+        )
+        placeholder = (
+            PlaceholderPublic(blurhash=avatar.blurhash, dominant_color=avatar.dominant_color)
+            if avatar.blurhash and avatar.dominant_color
+            else None
+        )
         return cls(
             user_id=avatar.user_id,
             avatar_url=original.url,
@@ -88,6 +124,9 @@ class AvatarPublic(BaseModel):
             variants=variants,
             metadata_removed=list(avatar.metadata_removed or []),
             orientation_applied=avatar.orientation_applied or 1,
+            srcset=", ".join(f"{v.url} {v.width}w" for v in squares),
+            placeholder=placeholder,
+            crop=list(avatar.crop) if avatar.crop else None,
             updated_at=updated_at,
         )
 

@@ -1,4 +1,5 @@
-"""Reading an upload body within the byte limit, after authentication has passed.
+"""Reading an upload body (multipart or base64 JSON) within the byte limit, after
+authentication has passed.
 
 The route declares no body parameter, so FastAPI reads nothing before the auth dependency runs.
 Then the limit is applied twice: from ``Content-Length`` before a byte is read, and by counting
@@ -9,6 +10,10 @@ Parts are kept in memory (they are bounded by the limit): no temporary file is e
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.core.errors import (
     ClientDisconnected,
+    InvalidBase64,
     InvalidRequest,
     MissingFile,
     PayloadTooLarge,
@@ -84,21 +90,30 @@ class Upload:
 async def read_upload(
     request: Request, max_bytes: int, *, idle_timeout: float, total_timeout: float
 ) -> Upload:
-    """Return the ``file`` part and the text fields of a multipart/form-data body."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise UnsupportedContentType("Send the image as multipart/form-data with the field 'file'.")
-    body_limit = max_bytes + ENVELOPE_BYTES
-    check_declared_length(request, body_limit)
+    """The image and the text fields of an upload body: multipart/form-data (the ``file``
+    part) or JSON (``image_base64``, plain base64 or a ``data:`` URI)."""
+    content_type = request.headers.get("content-type", "").lower()
 
-    parser = MultiPartParser(
-        request.headers,
-        limited_stream(request, body_limit, idle_timeout=idle_timeout, total_timeout=total_timeout),
-        max_files=1,
-        max_fields=8,
-        max_part_size=64 * 1024,
+    def body(limit: int) -> AsyncIterator[bytes]:
+        check_declared_length(request, limit)
+        return limited_stream(
+            request, limit, idle_timeout=idle_timeout, total_timeout=total_timeout
+        )
+
+    if content_type.startswith("multipart/form-data"):
+        return await _read_multipart(request, body(max_bytes + ENVELOPE_BYTES), max_bytes)
+    if content_type.split(";")[0].strip() == "application/json":
+        return await _read_json(body(base64_limit(max_bytes) + ENVELOPE_BYTES), max_bytes)
+    raise UnsupportedContentType(
+        "Send the image as multipart/form-data (field 'file') or as JSON ({\"image_base64\": ...})."
     )
-    parser.spool_max_size = body_limit  # keep the (bounded) file in memory
+
+
+async def _read_multipart(request: Request, stream: AsyncIterator[bytes], max_bytes: int) -> Upload:
+    parser = MultiPartParser(
+        request.headers, stream, max_files=1, max_fields=8, max_part_size=64 * 1024
+    )
+    parser.spool_max_size = max_bytes + ENVELOPE_BYTES  # keep the (bounded) file in memory
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -114,3 +129,54 @@ async def read_upload(
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     return Upload(data, fields)
+
+
+BASE64_FIELD = "image_base64"
+_DATA_URI = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
+_WHITESPACE = re.compile(rb"\s+")
+_BASE64_ALPHABET = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def base64_limit(max_bytes: int) -> int:
+    """The longest base64 text (plus a data: URI prefix) that can hold ``max_bytes``."""
+    return 4 * -(-max_bytes // 3) + 256
+
+
+async def _read_json(stream: AsyncIterator[bytes], max_bytes: int) -> Upload:
+    raw = b"".join([chunk async for chunk in stream])
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("The body is not valid JSON.") from None
+    if not isinstance(document, dict) or not isinstance(document.get(BASE64_FIELD), str):
+        raise MissingFile(f"The JSON body has no string field '{BASE64_FIELD}'.")
+    fields = {
+        name: value
+        for name, value in document.items()
+        if name != BASE64_FIELD and isinstance(value, str)
+    }
+    return Upload(decode_base64_image(document[BASE64_FIELD], max_bytes), fields)
+
+
+def decode_base64_image(text: str, max_bytes: int) -> bytes:
+    """Plain base64 (standard or URL-safe, line breaks allowed) or a ``data:...;base64,`` URI.
+    The encoded length is checked before a byte is decoded."""
+    match = _DATA_URI.match(text)
+    if match is None and text.startswith("data:"):
+        raise InvalidBase64("A data: URI must be base64 (data:image/...;base64,...).")
+    encoded = text[match.end() :] if match else text
+    if len(encoded) > base64_limit(max_bytes):
+        raise _too_large(max_bytes)
+    compact = _WHITESPACE.sub(b"", encoded.encode("ascii", errors="replace"))
+    compact = compact.replace(b"-", b"+").replace(b"_", b"/")
+    if len(compact) % 4:
+        compact += b"=" * (-len(compact) % 4)
+    if not compact or not _BASE64_ALPHABET.fullmatch(compact):
+        raise InvalidBase64("The image is not valid base64.")
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except binascii.Error:
+        raise InvalidBase64("The image is not valid base64.") from None
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes)
+    return data

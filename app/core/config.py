@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -85,6 +86,12 @@ class Settings(BaseSettings):
     redis_url: str = ""
 
     max_upload_bytes: int = Field(default=10 * MIB, gt=0)
+    # `?inline=<variant>` adds a data: URI to the avatar document up to this many bytes.
+    inline_max_bytes: int = Field(default=64 * 1024, gt=0)
+    # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"].
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # max-age of unversioned responses: /avatars/{user_id} images, redirects and defaults.
+    avatar_max_age: int = Field(default=300, ge=0)
     # A body must keep arriving: at most this many seconds between chunks, and in all.
     body_idle_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=60.0, gt=0)
@@ -113,6 +120,16 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             aliases = {"HEIC": "HEIF", "JPG": "JPEG"}
             value = [aliases.get(v.upper(), v.upper()) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip().rstrip("/") for item in text.split(",") if item.strip()]
         return value
 
     @field_validator("thumbnail_sizes")

@@ -7,12 +7,16 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     ├── AvatarNotFound              404 avatar_not_found
     ├── ResourceNotFound            404 not_found
     ├── MethodNotAllowed            405 method_not_allowed
+    ├── AvatarChanged               409 avatar_changed
     ├── PayloadTooLarge             413 image_too_large
     ├── ClientDisconnected          400 client_disconnected (the client is gone; for logs)
     ├── RequestTimeout              408 request_timeout
     ├── UnsupportedContentType      415 unsupported_content_type
     ├── InvalidRequest              422 invalid_request
-    │   └── MissingFile             422 missing_file
+    │   ├── MissingFile             422 missing_file
+    │   ├── InvalidBase64           422 invalid_base64
+    │   ├── UnknownVariant          422 unknown_variant
+    │   └── InlineTooLarge          422 inline_too_large
     ├── ImageError                  (the imaging pipeline raises only these)
     │   ├── UnsupportedFormat       415 unsupported_format
     │   ├── CorruptImage            422 corrupt_image
@@ -79,6 +83,12 @@ class MethodNotAllowed(AppError):
     title = "Method not allowed"
 
 
+class AvatarChanged(AppError):
+    status = 409
+    code = "avatar_changed"
+    title = "Avatar changed meanwhile"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     code = "image_too_large"
@@ -115,6 +125,21 @@ class InvalidRequest(AppError):
 class MissingFile(InvalidRequest):
     code = "missing_file"
     title = "No file in the upload"
+
+
+class InvalidBase64(InvalidRequest):
+    code = "invalid_base64"
+    title = "Invalid base64 image"
+
+
+class UnknownVariant(InvalidRequest):
+    code = "unknown_variant"
+    title = "No such image size"
+
+
+class InlineTooLarge(InvalidRequest):
+    code = "inline_too_large"
+    title = "Image too large to inline"
 
 
 class ImageError(AppError):

@@ -32,6 +32,11 @@ class Avatar(Base):
     # EXIF orientation it applied (1 = none).
     metadata_removed: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     orientation_applied: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Placeholder for clients (BlurHash, "#rrggbb"), and the crop box [x, y, w, h] in pixels of
+    # the stored original that the squares were cut from (None: its centre square).
+    blurhash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dominant_color: Mapped[str | None] = mapped_column(String(7), nullable=True)
+    crop: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -42,6 +42,7 @@ from app.core.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
+from app.imaging.placeholder import Placeholder, make_placeholder
 
 # A truncated file is corrupt, never "the pixels we managed to read".
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -194,6 +195,8 @@ class ProcessedImage:
     # What the input carried and the outputs do not, e.g. ("exif.gps", "xmp", "icc->srgb").
     metadata_removed: tuple[str, ...] = ()
     frames: int = 1
+    # BlurHash and dominant colour of the (first frame's) smallest square.
+    placeholder: Placeholder | None = None
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -246,6 +249,7 @@ def process_image(
         variants=variants,
         metadata_removed=tuple(sorted(removed)),
         frames=len(rendered),
+        placeholder=make_placeholder(rendered[0].squares[-1]),
     )
 
 

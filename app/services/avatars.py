@@ -1,31 +1,51 @@
 """The avatar unit of work.
 
-``replace_avatar`` is the one place where the order of writes is decided:
+``replace_avatar`` (an upload) and ``recrop_avatar`` (new squares from the stored original)
+decide the order of writes, the same for both:
 
     process (worker pool) -> put new objects -> commit the row -> delete the old objects
 
-and the compensating action sits beside each step: objects written before a failed commit are
-deleted again, so a failed upload leaves the previous avatar exactly as it was.
+and the compensating action sits beside each step (``_put_variants``,
+``_commit_or_compensate``): objects written before a failed commit are deleted again, so a
+failed change leaves the previous avatar exactly as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.errors import AvatarNotFound, DatabaseUnavailable, StorageUnavailableError
+from app.core.errors import (
+    AvatarChanged,
+    AvatarNotFound,
+    DatabaseUnavailable,
+    StorageUnavailableError,
+)
 from app.db.models import Avatar, utcnow
-from app.imaging.pipeline import CropBox, PipelineOptions, ProcessedImage, process_image
+from app.imaging.pipeline import (
+    CropBox,
+    PipelineOptions,
+    ProcessedImage,
+    Variant,
+    process_image,
+)
 from app.imaging.pool import WorkerPool
 from app.storage.base import Storage
 
 logger = logging.getLogger(__name__)
+
+class _Keep:
+    """Marker: keep the crop the row has."""
+
+
+KEEP = _Keep()
 
 # A first upload races other first uploads of the same user on the primary key; the loser
 # retries as a replacement.
@@ -61,63 +81,148 @@ async def replace_avatar(
     processed = await pool.run(process_image, upload, options, crop=crop)
 
     version = uuid.uuid4().hex
-    variants = [
-        StoredVariant(
-            name=variant.name,
-            key=object_key(version, variant.name),
-            width=variant.width,
-            height=variant.height,
-            bytes=len(variant.data),
-            content_type=variant.content_type,
-            frames=variant.frames,
-        )
-        for variant in processed.variants
-    ]
+    stored = await _put_variants(storage, version, processed.variants)
+    fields = {
+        "version": version,
+        "width": processed.width,
+        "height": processed.height,
+        "source_format": processed.source_format,
+        "variants": [vars(variant) for variant in stored],
+        "metadata_removed": list(processed.metadata_removed),
+        "orientation_applied": processed.orientation,
+        "crop": None,  # the upload's crop made the original; the squares are its centre
+        **_placeholder_fields(processed),
+        "updated_at": utcnow(),
+    }
+    avatar, old_keys = await _commit_or_compensate(
+        storage, [v.key for v in stored], _swap_row(sessions, user_id, fields)
+    )
+    await delete_objects(storage, old_keys)
+    return avatar
+
+
+async def recrop_avatar(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    pool: WorkerPool,
+    options: PipelineOptions,
+    user_id: str,
+    crop: CropBox | None | _Keep = KEEP,
+) -> Avatar:
+    """Derive the squares (and the still of an animation) again from the stored original, cut
+    from ``crop`` (in pixels of the original; None: its centre square; KEEP: the crop the row
+    has). The original itself is kept, so the crop can be changed again and again.
+
+    The same order as an upload: new objects, then the row (only if no upload replaced the
+    avatar meanwhile), then the old squares.
+    """
+    current = await get_avatar(sessions=sessions, user_id=user_id)
+    box = _stored_crop(current) if isinstance(crop, _Keep) else crop
+    original = current.variant("original")
+    try:
+        data = await storage.get(original["key"])
+    except FileNotFoundError:
+        raise StorageUnavailableError("The stored original is missing; upload again.") from None
+    except Exception as exc:
+        raise StorageUnavailableError("The image store could not read the original.") from exc
+
+    # The stored original is a WebP this service wrote, whatever uploads are allowed now.
+    derive_options = replace(options, formats=options.formats | {"WEBP"})
+    processed = await pool.run(process_image, data, derive_options, crop=box)
+    version = uuid.uuid4().hex
+    derived = [variant for variant in processed.variants if variant.name != "original"]
+    stored = await _put_variants(storage, version, derived)
+    fields = {
+        "version": version,
+        "variants": [original, *(vars(variant) for variant in stored)],
+        "crop": list(box) if box is not None else None,
+        **_placeholder_fields(processed),
+        "updated_at": utcnow(),
+    }
+    avatar, old_keys = await _commit_or_compensate(
+        storage,
+        [v.key for v in stored],
+        _swap_row(sessions, user_id, fields, expected_version=current.version),
+    )
+    await delete_objects(storage, [key for key in old_keys if key != original["key"]])
+    return avatar
+
+
+def _stored_crop(avatar: Avatar) -> CropBox | None:
+    return CropBox(*avatar.crop) if avatar.crop else None
+
+
+def _placeholder_fields(processed: ProcessedImage) -> dict[str, str | None]:
+    placeholder = processed.placeholder
+    return {
+        "blurhash": placeholder.blurhash if placeholder else None,
+        "dominant_color": placeholder.dominant_color if placeholder else None,
+    }
+
+
+async def _put_variants(
+    storage: Storage, version: str, variants: Iterable[Variant]
+) -> list[StoredVariant]:
+    """Write each variant under a fresh key; on any failure delete what may have been written."""
+    stored: list[StoredVariant] = []
     # A key counts as written as soon as its put is sent: a put that fails may still have stored
     # the object (its answer lost after the store did the work), so the compensation covers it.
     written: list[str] = []
     try:
-        for stored, variant in zip(variants, processed.variants, strict=True):
-            written.append(stored.key)
-            await storage.put(stored.key, variant.data, stored.content_type)
+        for variant in variants:
+            key = object_key(version, variant.name)
+            written.append(key)
+            await storage.put(key, variant.data, variant.content_type)
+            stored.append(
+                StoredVariant(
+                    name=variant.name,
+                    key=key,
+                    width=variant.width,
+                    height=variant.height,
+                    bytes=len(variant.data),
+                    content_type=variant.content_type,
+                    frames=variant.frames,
+                )
+            )
     except Exception as exc:
         await delete_objects(storage, written)
         raise StorageUnavailableError("The image store could not save the avatar.") from exc
+    return stored
 
+
+async def _commit_or_compensate(
+    storage: Storage, written: list[str], commit: Awaitable[tuple[Avatar, list[str]]]
+) -> tuple[Avatar, list[str]]:
+    """Run the row change; if it fails in any way, the objects just written are deleted."""
     try:
-        avatar, old_keys = await _swap_row(sessions, user_id, version, processed, variants)
+        return await commit
     except BaseException as exc:
         await delete_objects(storage, written)
         if isinstance(exc, SQLAlchemyError | OSError):
             raise DatabaseUnavailable("The avatar could not be saved; nothing changed.") from exc
         raise
 
-    await delete_objects(storage, old_keys)
-    return avatar
-
 
 async def _swap_row(
     sessions: async_sessionmaker[AsyncSession],
     user_id: str,
-    version: str,
-    processed: ProcessedImage,
-    variants: list[StoredVariant],
+    fields: dict[str, Any],
+    *,
+    expected_version: str | None = None,
 ) -> tuple[Avatar, list[str]]:
-    """Point the user's row at the new objects; return it and the keys it pointed at before."""
-    fields = {
-        "version": version,
-        "width": processed.width,
-        "height": processed.height,
-        "source_format": processed.source_format,
-        "variants": [vars(variant) for variant in variants],
-        "metadata_removed": list(processed.metadata_removed),
-        "orientation_applied": processed.orientation,
-        "updated_at": utcnow(),
-    }
+    """Point the user's row at the new objects; return it and the keys it pointed at before.
+
+    With ``expected_version``, the row must still be at that version (else AvatarChanged).
+    """
     for attempt in range(_ROW_ATTEMPTS):
         try:
             async with sessions() as session, session.begin():
                 avatar = await _lock_avatar(session, user_id)
+                if expected_version is not None and (
+                    avatar is None or avatar.version != expected_version
+                ):
+                    raise AvatarChanged("The avatar changed meanwhile; try again.")
                 old_keys = avatar.keys if avatar else []
                 if avatar is None:
                     avatar = Avatar(user_id=user_id, **fields)

@@ -44,6 +44,10 @@ class StorageUnavailable(OSError):
 
 @runtime_checkable
 class Storage(Protocol):
+    # True when clients fetch objects from the store itself (S3, a CDN): the service then
+    # redirects to them instead of passing the bytes through.
+    serves_objects: bool
+
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
     async def get(self, key: str) -> bytes: ...

@@ -14,6 +14,9 @@ from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
 
 
 class LocalStorage:
+    # Files are served by this service (/media/...), not by the store itself.
+    serves_objects = False
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 

@@ -9,6 +9,8 @@ from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
 
 
 class MemoryStorage:
+    serves_objects = False
+
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str, datetime]] = {}
         self.available = True

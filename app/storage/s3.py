@@ -73,6 +73,9 @@ def build_s3_client(settings: Settings) -> Any:
 
 
 class S3Storage:
+    # Objects are fetched from S3 (or the CDN) directly: the service redirects to them.
+    serves_objects = True
+
     def __init__(
         self,
         client: Any,

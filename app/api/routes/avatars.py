@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import base64
+import hashlib
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BaseModel, Field
 
 from app.api.deps import (
     BaseUrl,
@@ -17,20 +20,29 @@ from app.api.deps import (
     UploadingUser,
 )
 from app.api.problems import problem_responses
-from app.api.schemas import AvatarPublic
-from app.api.upload import FILE_FIELD, read_upload
+from app.api.schemas import AvatarPublic, InlineImage
+from app.api.upload import BASE64_FIELD, FILE_FIELD, read_upload
 from app.core import errors
-from app.imaging.pipeline import parse_crop
+from app.core.config import Settings
+from app.db.models import Avatar
+from app.imaging.pipeline import CropBox, parse_crop
 from app.services import avatars as service
+from app.storage.base import Storage
 
 router = APIRouter(tags=["avatars"])
 
 CROP_FIELD = "crop"
 _CROP_HELP = (
     "Optional `x,y,width,height` in pixels of the upright image: the avatar is this region "
-    "(its centre square for the thumbnails) instead of the whole picture. A form field or a "
-    "query parameter; outside the image it is a 422 `invalid_crop`."
+    "(its centre square for the thumbnails) instead of the whole picture. A form field, a JSON "
+    "field or a query parameter; outside the image it is a 422 `invalid_crop`."
 )
+_INLINE_HELP = (
+    "A variant name (e.g. `thumb`, `thumb-64`): the document then carries that image as a "
+    "`data:image/webp;base64,...` URI, for e-mails and pages that must not fetch anything. "
+    "Refused with 422 `inline_too_large` above AVATAR_INLINE_MAX_BYTES."
+)
+InlineQuery = Annotated[str | None, Query(description=_INLINE_HELP, max_length=64)]
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -51,10 +63,136 @@ _UPLOAD_BODY = {
                         CROP_FIELD: {"type": "string", "description": _CROP_HELP},
                     },
                 }
-            }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": [BASE64_FIELD],
+                    "properties": {
+                        BASE64_FIELD: {
+                            "type": "string",
+                            "description": "The image as base64 (standard or URL-safe) or as "
+                            "a `data:image/...;base64,...` URI. Its length is checked before "
+                            "it is decoded; malformed base64 is 422 `invalid_base64`.",
+                        },
+                        "filename": {"type": "string", "description": "Informational only."},
+                        CROP_FIELD: {"type": "string", "description": _CROP_HELP},
+                    },
+                },
+                "example": {
+                    "image_base64": "data:image/png;base64,iVBORw0KGgo...",
+                    "filename": "me.png",
+                },
+            },
         },
     }
 }
+
+_DOCUMENT_HEADERS = {
+    "ETag": {
+        "description": "Of the document; send it back in If-None-Match.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+class AvatarPatch(BaseModel):
+    crop: str | list[int] | None = Field(
+        description="`x,y,width,height` (or a list of four integers) in pixels of the stored "
+        "original: the box the squares are cut from; null for its centre square.",
+        examples=["100,40,600,600", [100, 40, 600, 600], None],
+    )
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+async def _document(
+    avatar: Avatar,
+    *,
+    request: Request,
+    storage: Storage,
+    settings: Settings,
+    base_url: str,
+    inline: str | None,
+    status_code: int = 200,
+    public: bool,
+) -> Response:
+    """The avatar document with an ETag; 304 when the client has it already."""
+    document = AvatarPublic.build(avatar, storage=storage, base_url=base_url)
+    if inline is not None:
+        document.inline = await _inline(avatar, inline, storage=storage, settings=settings)
+    body = document.model_dump_json().encode()
+    etag = _etag(body)
+    headers = {
+        "ETag": etag,
+        # Revalidate every time (cheap with If-None-Match): the avatar may change at any moment.
+        "Cache-Control": ("public" if public else "private") + ", no-cache",
+    }
+    if status_code == 200 and _matches(request.headers.get("if-none-match", ""), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def _inline(
+    avatar: Avatar, name: str, *, storage: Storage, settings: Settings
+) -> InlineImage:
+    try:
+        variant = avatar.variant(name)
+    except KeyError:
+        names = ", ".join(v["name"] for v in avatar.variants)
+        raise errors.UnknownVariant(f"No variant {name!r}; this avatar has: {names}.") from None
+    if variant["bytes"] > settings.inline_max_bytes:
+        raise errors.InlineTooLarge(
+            f"The {name!r} image is {variant['bytes']} bytes; at most "
+            f"{settings.inline_max_bytes} are inlined. Use a smaller variant or its URL."
+        )
+    try:
+        data = await storage.get(variant["key"])
+    except FileNotFoundError:
+        raise errors.StorageUnavailableError("A stored file is missing.") from None
+    encoded = base64.b64encode(data).decode("ascii")
+    return InlineImage(
+        variant=name, data_uri=f"data:{variant['content_type']};base64,{encoded}", bytes=len(data)
+    )
+
+
+def _crop_box(value: str | list[int] | None) -> CropBox | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if len(value) != 4:
+            raise errors.InvalidCrop("The crop must be four whole numbers: x,y,width,height.")
+        value = ",".join(str(number) for number in value)
+    return parse_crop(value)
+
+
+_UPLOAD_ERRORS = (
+    errors.NotAuthenticated,
+    errors.RequestTimeout,
+    errors.PayloadTooLarge,
+    errors.UnsupportedContentType,
+    errors.UnsupportedFormat,
+    errors.CorruptImage,
+    errors.TooManyPixels,
+    errors.DimensionsTooLarge,
+    errors.TooManyFrames,
+    errors.InvalidCrop,
+    errors.MissingFile,
+    errors.InvalidBase64,
+    errors.UnknownVariant,
+    errors.InlineTooLarge,
+    errors.RateLimited,
+    errors.ServerBusy,
+    errors.StorageUnavailableError,
+    errors.DatabaseUnavailable,
+)
 
 
 @router.post(
@@ -62,24 +200,10 @@ _UPLOAD_BODY = {
     status_code=status.HTTP_201_CREATED,
     response_model=AvatarPublic,
     summary="Upload or replace the caller's avatar",
+    description="Multipart (`file`) or JSON (`image_base64`). Validated, sanitised, sized and "
+    "stored in one call; the previous avatar is replaced.",
     openapi_extra=_UPLOAD_BODY,
-    responses=problem_responses(
-        errors.NotAuthenticated,
-        errors.PayloadTooLarge,
-        errors.UnsupportedContentType,
-        errors.UnsupportedFormat,
-        errors.CorruptImage,
-        errors.TooManyPixels,
-        errors.DimensionsTooLarge,
-        errors.TooManyFrames,
-        errors.InvalidCrop,
-        errors.MissingFile,
-        errors.RequestTimeout,
-        errors.RateLimited,
-        errors.ServerBusy,
-        errors.StorageUnavailableError,
-        errors.DatabaseUnavailable,
-    ),
+    responses={201: {"headers": _DOCUMENT_HEADERS}, **problem_responses(*_UPLOAD_ERRORS)},
 )
 async def upload_avatar(
     request: Request,
@@ -91,7 +215,8 @@ async def upload_avatar(
     options: PipelineOptionsDep,
     base_url: BaseUrl,
     crop: Annotated[str | None, Query(description=_CROP_HELP)] = None,
-) -> AvatarPublic:
+    inline: InlineQuery = None,
+) -> Response:
     crop_box = parse_crop(crop) if crop is not None else None
     # A place in the image pool is taken before the body is read: when the pool is full the
     # request is refused (503) having buffered nothing.
@@ -113,20 +238,102 @@ async def upload_avatar(
             upload=upload.data,
             crop=crop_box,
         )
-    return AvatarPublic.build(avatar, storage=storage, base_url=base_url)
+    return await _document(
+        avatar,
+        request=request,
+        storage=storage,
+        settings=settings,
+        base_url=base_url,
+        inline=inline,
+        status_code=201,
+        public=False,
+    )
+
+
+@router.patch(
+    "/users/me/avatar",
+    response_model=AvatarPublic,
+    summary="Change the crop of the caller's avatar without a new upload",
+    description="Every square size (and an animation's still) is derived again from the stored "
+    "original, cut from `crop`; the original itself is kept, so the crop can be changed again.",
+    responses={
+        200: {"headers": _DOCUMENT_HEADERS},
+        **problem_responses(
+            errors.NotAuthenticated,
+            errors.AvatarNotFound,
+            errors.AvatarChanged,
+            errors.InvalidCrop,
+            errors.InvalidRequest,
+            errors.RateLimited,
+            errors.ServerBusy,
+            errors.StorageUnavailableError,
+            errors.DatabaseUnavailable,
+        ),
+    },
+)
+async def update_avatar_crop(
+    request: Request,
+    patch: AvatarPatch,
+    user_id: UploadingUser,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    pool: PoolDep,
+    options: PipelineOptionsDep,
+    base_url: BaseUrl,
+) -> Response:
+    with pool.reserve():
+        avatar = await service.recrop_avatar(
+            sessions=sessions,
+            storage=storage,
+            pool=pool,
+            options=options,
+            user_id=user_id,
+            crop=_crop_box(patch.crop),
+        )
+    return await _document(
+        avatar,
+        request=request,
+        storage=storage,
+        settings=settings,
+        base_url=base_url,
+        inline=None,
+        public=False,
+    )
+
+
+_READ_ERRORS = (errors.AvatarNotFound, errors.UnknownVariant, errors.InlineTooLarge)
+_READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"headers": _DOCUMENT_HEADERS},
+    304: {"description": "Not modified: If-None-Match matched the document's ETag."},
+}
 
 
 @router.get(
     "/users/me/avatar",
     response_model=AvatarPublic,
     summary="The caller's avatar",
-    responses=problem_responses(errors.NotAuthenticated, errors.AvatarNotFound),
+    responses={**_READ_RESPONSES, **problem_responses(errors.NotAuthenticated, *_READ_ERRORS)},
 )
 async def read_my_avatar(
-    user_id: CurrentUser, sessions: SessionsDep, storage: StorageDep, base_url: BaseUrl
-) -> AvatarPublic:
+    request: Request,
+    user_id: CurrentUser,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    base_url: BaseUrl,
+    inline: InlineQuery = None,
+) -> Response:
     avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
-    return AvatarPublic.build(avatar, storage=storage, base_url=base_url)
+    return await _document(
+        avatar,
+        request=request,
+        storage=storage,
+        settings=settings,
+        base_url=base_url,
+        inline=inline,
+        public=False,
+    )
 
 
 @router.delete(
@@ -147,10 +354,24 @@ async def delete_my_avatar(
     "/users/{user_id}/avatar",
     response_model=AvatarPublic,
     summary="Any user's avatar, public (no authentication)",
-    responses=problem_responses(errors.AvatarNotFound),
+    responses={**_READ_RESPONSES, **problem_responses(*_READ_ERRORS)},
 )
 async def read_avatar(
-    user_id: str, sessions: SessionsDep, storage: StorageDep, base_url: BaseUrl
-) -> AvatarPublic:
+    request: Request,
+    user_id: str,
+    settings: SettingsDep,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    base_url: BaseUrl,
+    inline: InlineQuery = None,
+) -> Response:
     avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
-    return AvatarPublic.build(avatar, storage=storage, base_url=base_url)
+    return await _document(
+        avatar,
+        request=request,
+        storage=storage,
+        settings=settings,
+        base_url=base_url,
+        inline=inline,
+        public=True,
+    )
