@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import ROOT, missing
 from tests.images import jpeg_with_metadata
 from tests.live import free_port, live_server, run_cli
 
@@ -197,3 +197,25 @@ def test_serve_with_two_processes_logs_one_json_line_per_request(tmp_path) -> No
     assert {line["request_id"] for line in requests} >= {f"probe-{i}" for i in range(4)}
     assert all(line["route"] == "/healthz" and line["status"] == 200 for line in requests)
     assert {line["logger"] for line in lines} >= {"app.access"}
+
+
+def test_readme_base64_upload_with_curl(server) -> None:
+    """The README's JSON upload, run by bash exactly as written there."""
+    base, cwd = server
+    if shutil.which("base64") is None:
+        missing("base64 is not installed")
+    (cwd / "photo.jpg").write_bytes(jpeg_with_metadata((2000, 1500)))  # larger than one argument
+    token = run_cli(cwd, "token", "alice").stdout.strip()
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split('{ printf \'{"filename"', 1)[1].split("```", 1)[0]
+    command = ('{ printf \'{"filename"' + snippet).replace("http://127.0.0.1:8000", base)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env={"TOKEN": token, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    document = json.loads(result.stdout)
+    assert (document["width"], document["height"]) == (2000, 1500)

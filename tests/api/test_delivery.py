@@ -181,11 +181,13 @@ async def test_defaults_for_users_without_avatar(client, style: str) -> None:
 
 async def test_default_404_and_bad_parameters(client) -> None:
     assert_problem(await client.get("/avatars/nobody"), 404, "avatar_not_found")
-    assert_problem(await client.get("/avatars/nobody", params={"default": "404"}), 404,
-                   "avatar_not_found")
+    assert_problem(
+        await client.get("/avatars/nobody", params={"default": "404"}), 404, "avatar_not_found"
+    )
     assert_problem(await client.get("/avatars/x", params={"size": 0}), 422, "invalid_request")
-    assert_problem(await client.get("/avatars/x", params={"default": "retro"}), 422,
-                   "invalid_request")
+    assert_problem(
+        await client.get("/avatars/x", params={"default": "retro"}), 422, "invalid_request"
+    )
 
 
 async def test_storage_that_serves_objects_gets_a_redirect(client, auth, app) -> None:
@@ -211,8 +213,15 @@ async def test_constraints(client, settings) -> None:
     assert body["sizes"] == [400, 256, 128, 64]
     assert body["animation"]["max_frames"] == settings.max_frames
     codes = {error["code"] for error in body["error_codes"]}
-    assert {"unsupported_format", "too_many_pixels", "corrupt_image", "invalid_base64",
-            "invalid_crop", "not_authenticated", "rate_limited"} <= codes
+    assert {
+        "unsupported_format",
+        "too_many_pixels",
+        "corrupt_image",
+        "invalid_base64",
+        "invalid_crop",
+        "not_authenticated",
+        "rate_limited",
+    } <= codes
 
 
 async def test_patch_crop_rederives_sizes_from_the_stored_original(client, auth, settings) -> None:
@@ -254,8 +263,9 @@ async def test_patch_errors(client, auth) -> None:
         response = await client.patch("/users/me/avatar", headers=auth(), json={"crop": crop})
         assert_problem(response, 422, "invalid_crop")
     assert (await client.get("/users/me/avatar", headers=auth())).json() == before
-    assert_problem(await client.patch("/users/me/avatar", json={"crop": None}), 401,
-                   "not_authenticated")
+    assert_problem(
+        await client.patch("/users/me/avatar", json={"crop": None}), 401, "not_authenticated"
+    )
 
 
 async def test_cors_for_configured_origins(tmp_path, sqlite_url) -> None:

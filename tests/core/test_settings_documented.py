@@ -28,3 +28,13 @@ def test_env_example_parses_with_its_defaults(tmp_path) -> None:
     env_file.write_text((ROOT / ".env.example").read_text())
     settings = load_settings(_env_file=str(env_file), data_dir=tmp_path)
     assert settings == load_settings(_env_file=None, data_dir=tmp_path)
+
+
+def test_readme_lists_every_error_code() -> None:
+    from app.core.errors import all_error_classes
+
+    readme = (ROOT / "README.md").read_text()
+    abstract = {"invalid_image", "service_unavailable"}  # bases, never raised as such
+    for cls in all_error_classes():
+        if cls.code not in abstract:
+            assert f"`{cls.code}`" in readme, cls.code
