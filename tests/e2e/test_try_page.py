@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -98,8 +99,17 @@ def test_upload_a_gps_photo_and_see_every_size(browser, server: LiveServer, tmp_
     )
     assert ["thumb", 400, 400] in sizes
     assert all(width == height and width > 0 for _, width, height in sizes)
-    document = page.locator("#json-document").inner_text()
-    assert '"avatar_url"' in document
+    document = json.loads(page.locator("#json-document").inner_text())
+    assert document["avatar_url"].startswith(server.base_url)
+    placeholder = document["placeholder"]
+    assert placeholder["blurhash"] in page.locator("#placeholder-text").inner_text()
+    swatch = page.locator("#placeholder-swatch").evaluate("e => getComputedStyle(e).backgroundColor")
+    red, green, blue = (int(placeholder["dominant_color"][i : i + 2], 16) for i in (1, 3, 5))
+    assert swatch == f"rgb({red}, {green}, {blue})"
+    painted = page.locator("#placeholder-canvas").evaluate(
+        "c => Array.from(c.getContext('2d').getImageData(16, 16, 1, 1).data)"
+    )
+    assert painted[3] == 255 and sum(painted[:3]) > 0, painted  # the BlurHash was drawn
     assert "curl -H" in page.locator("#curl-command").inner_text()
     assert not requests_outside, requests_outside
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
