@@ -13,41 +13,16 @@ from app.api.problems import install_problem_handlers
 from app.api.routes import avatars, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
 from app.core.config import ConfigurationError, Settings, get_settings
+from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
-from app.core.metrics import InstrumentedPool, InstrumentedStorage, Metrics
-from app.db.session import create_engine, create_sessionmaker
-from app.imaging.pipeline import PipelineOptions
-from app.imaging.pool import WorkerPool
-from app.storage import Storage, StorageUnavailable, build_storage
-
-
-def pipeline_options(settings: Settings) -> PipelineOptions:
-    return PipelineOptions(
-        max_pixels=settings.max_pixels,
-        max_dimension=settings.max_dimension,
-        thumbnail_size=settings.thumbnail_size,
-        thumbnail_sizes=tuple(settings.thumbnail_sizes),
-        original_max_side=settings.original_max_side,
-        max_frames=settings.max_frames,
-        formats=frozenset(settings.allowed_formats),
-    )
-
-
-async def check_storage(storage: Storage) -> None:
-    """The startup check: a store that cannot be used (a missing bucket, refused credentials,
-    an unreachable endpoint) stops the service with a one-line reason, not a traceback."""
-    try:
-        await storage.check()
-    except StorageUnavailable as exc:
-        raise ConfigurationError(f"the storage cannot be used: {exc}") from None
-
-
-def close_storage(storage: Storage) -> None:
-    """Release what an adapter holds (the S3 client's connections and threads), if anything."""
-    close = getattr(storage, "close", None)
-    if close is not None:
-        close()
+from app.services.runtime import (  # noqa: F401  (check_storage, close_storage: re-exported)
+    check_storage,
+    close_storage,
+    open_runtime,
+    pipeline_options,
+)
+from app.storage import Storage
 
 
 def create_app(settings: Settings | None = None, *, storage: Storage | None = None) -> FastAPI:
@@ -58,31 +33,26 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
-        pool = InstrumentedPool(WorkerPool(settings.workers, settings.queue_size), app_metrics)
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.sessions = create_sessionmaker(engine)
-        # An injected storage belongs to the caller, who closes it; a built one is closed here.
-        app.state.storage = InstrumentedStorage(storage or build_storage(settings), app_metrics)
-        app.state.pool = pool
-        app.state.pipeline_options = pipeline_options(settings)
-        app.state.token_verifier = TokenVerifier(settings)
-        app.state.rate_limiter = (
-            UploadRateLimiter(settings.rate_limit, settings.redis_url)
-            if settings.rate_limit
-            else None
-        )
-        try:
-            await check_storage(app.state.storage)
-            yield
-        finally:
-            pool.shutdown()
-            if app.state.rate_limiter is not None:
-                await app.state.rate_limiter.close()
-            await engine.dispose()
-            if storage is None:
-                close_storage(app.state.storage)
+        # An injected storage belongs to the caller, who closes it; a built one is closed by
+        # open_runtime, which also checks the storage before anything is served.
+        async with open_runtime(settings, storage=storage, metrics=app_metrics) as runtime:
+            app.state.settings = settings
+            app.state.engine = runtime.engine
+            app.state.sessions = runtime.sessions
+            app.state.storage = runtime.storage
+            app.state.pool = runtime.pool
+            app.state.pipeline_options = runtime.options
+            app.state.token_verifier = TokenVerifier(settings)
+            app.state.rate_limiter = (
+                UploadRateLimiter(settings.rate_limit, settings.redis_url)
+                if settings.rate_limit
+                else None
+            )
+            try:
+                yield
+            finally:
+                if app.state.rate_limiter is not None:
+                    await app.state.rate_limiter.close()
 
     app = FastAPI(
         title="Avatar service",

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 
@@ -27,8 +26,14 @@ def test_compose_names_only_settings_the_code_has() -> None:
     unknown = named - CODE_SETTINGS - {"AVATAR_PUBLISHED_PORT"}  # a compose-only port mapping
     assert not unknown, f"compose names settings the code does not have: {sorted(unknown)}"
     env = compose()["x-avatar-environment"]
-    for required in ("AVATAR_DATABASE_URL", "AVATAR_STORAGE", "AVATAR_S3_BUCKET",
-                     "AVATAR_S3_ENDPOINT_URL", "AVATAR_REDIS_URL", "AVATAR_JWT_SECRET"):
+    for required in (
+        "AVATAR_DATABASE_URL",
+        "AVATAR_STORAGE",
+        "AVATAR_S3_BUCKET",
+        "AVATAR_S3_ENDPOINT_URL",
+        "AVATAR_REDIS_URL",
+        "AVATAR_JWT_SECRET",
+    ):
         assert required in env
 
 
@@ -71,7 +76,11 @@ def test_migrate_from_an_installed_package_uses_the_working_directory(tmp_path) 
     env.update({"PYTHONPATH": str(site), "AVATAR_DATA_DIR": str(tmp_path / "data")})
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "avatar.db").is_file()

@@ -92,7 +92,9 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
-def _log_request(state: dict[str, Any], method: str, route: str, status: int, duration: float) -> None:
+def _log_request(
+    state: dict[str, Any], method: str, route: str, status: int, duration: float
+) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     fields = {

@@ -13,8 +13,8 @@ import time
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import Storage as LimitsStorage
-from limits.storage import storage_from_string
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
 
 from app.core.errors import RateLimited
 

@@ -59,7 +59,9 @@ def _bomb_png() -> bytes:
 
     header = struct.pack(">IIBBBBB", 60000, 60000, 1, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def _truncated_jpeg() -> bytes:

@@ -15,7 +15,9 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 # Segments start with a letter or digit: no "..", no hidden files, no absolute paths.
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){0,7}")
+KEY_PATTERN = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){0,7}"
+)
 
 CONTENT_TYPES = {".webp": "image/webp", ".png": "image/png", ".jpg": "image/jpeg"}
 

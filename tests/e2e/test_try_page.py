@@ -103,7 +103,9 @@ def test_upload_a_gps_photo_and_see_every_size(browser, server: LiveServer, tmp_
     assert document["avatar_url"].startswith(server.base_url)
     placeholder = document["placeholder"]
     assert placeholder["blurhash"] in page.locator("#placeholder-text").inner_text()
-    swatch = page.locator("#placeholder-swatch").evaluate("e => getComputedStyle(e).backgroundColor")
+    swatch = page.locator("#placeholder-swatch").evaluate(
+        "e => getComputedStyle(e).backgroundColor"
+    )
     red, green, blue = (int(placeholder["dominant_color"][i : i + 2], 16) for i in (1, 3, 5))
     assert swatch == f"rgb({red}, {green}, {blue})"
     painted = page.locator("#placeholder-canvas").evaluate(

@@ -191,6 +191,7 @@ _UPLOAD_ERRORS = (
     errors.RateLimited,
     errors.ServerBusy,
     errors.StorageUnavailableError,
+    errors.InsufficientStorage,
     errors.DatabaseUnavailable,
 )
 
@@ -267,6 +268,7 @@ async def upload_avatar(
             errors.RateLimited,
             errors.ServerBusy,
             errors.StorageUnavailableError,
+            errors.InsufficientStorage,
             errors.DatabaseUnavailable,
         ),
     },

@@ -1,0 +1,93 @@
+"""The long-lived objects a process works with, built from the settings and closed again.
+
+The app's lifespan and the command-line tools (``reprocess``, ``import``, ``gc``) use the same
+``open_runtime``: an engine and its session factory, the storage (checked before use), the
+bounded worker pool and the pipeline options. What it builds, it closes; a storage passed in
+belongs to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.core.config import ConfigurationError, Settings
+from app.core.metrics import InstrumentedPool, InstrumentedStorage, Metrics
+from app.db.session import create_engine, create_sessionmaker
+from app.imaging.pipeline import PipelineOptions
+from app.imaging.pool import WorkerPool
+from app.storage import Storage, StorageUnavailable, build_storage
+
+
+def pipeline_options(settings: Settings) -> PipelineOptions:
+    return PipelineOptions(
+        max_pixels=settings.max_pixels,
+        max_dimension=settings.max_dimension,
+        thumbnail_size=settings.thumbnail_size,
+        thumbnail_sizes=tuple(settings.thumbnail_sizes),
+        original_max_side=settings.original_max_side,
+        max_frames=settings.max_frames,
+        formats=frozenset(settings.allowed_formats),
+    )
+
+
+async def check_storage(storage: Storage) -> None:
+    """The startup check: a store that cannot be used (a missing bucket, refused credentials,
+    an unreachable endpoint) stops the service with a one-line reason, not a traceback."""
+    try:
+        await storage.check()
+    except StorageUnavailable as exc:
+        raise ConfigurationError(f"the storage cannot be used: {exc}") from None
+
+
+def close_storage(storage: Storage) -> None:
+    """Release what an adapter holds (the S3 client's connections and threads), if anything."""
+    close = getattr(storage, "close", None)
+    if close is not None:
+        close()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    storage: Storage
+    pool: WorkerPool
+    options: PipelineOptions
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, storage: Storage | None = None, metrics: Metrics | None = None
+) -> AsyncIterator[Runtime]:
+    """Build the runtime, check the storage (``ConfigurationError`` when it cannot be used),
+    yield it, and close what was built here. With ``metrics``, the storage and the pool
+    record their calls."""
+    built = storage or build_storage(settings)
+    engine = create_engine(settings.database_url)
+    pool = WorkerPool(settings.workers, settings.queue_size)
+    used_storage: Any = built
+    used_pool: Any = pool
+    if metrics is not None:
+        used_storage = InstrumentedStorage(built, metrics)
+        used_pool = InstrumentedPool(pool, metrics)
+    try:
+        await check_storage(used_storage)
+        yield Runtime(
+            settings=settings,
+            engine=engine,
+            sessions=create_sessionmaker(engine),
+            storage=used_storage,
+            pool=used_pool,
+            options=pipeline_options(settings),
+        )
+    finally:
+        pool.shutdown()
+        await engine.dispose()
+        if storage is None:
+            close_storage(built)
