@@ -1,15 +1,25 @@
-"""``avatar-service``: serve, migrate, mint development tokens and reconcile the storage."""
+"""``avatar-service``: serve, migrate, mint development tokens, reconcile the storage, and
+import, reprocess or process images in bulk."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from app.core.config import ConfigurationError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+    from rich.table import Table
+
+    from app.services.bulk import ImportReport, Outcome, ProcessReport, ReprocessReport
     from app.services.gc import GcReport
+
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="avatar-service",
@@ -17,6 +27,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are wrapped in the source: markdown joins their lines into paragraphs (Rich
+    # markup would keep the breaks and swallow "[default: ...]").
+    rich_markup_mode="markdown",
 )
 
 
@@ -146,27 +159,20 @@ def gc(
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.db.session import create_engine, create_sessionmaker
-    from app.main import check_storage, close_storage
     from app.services.gc import reconcile
-    from app.storage import StorageUnavailable, build_storage
+    from app.services.runtime import open_runtime
+    from app.storage import StorageUnavailable
 
     settings = _settings()
 
     async def run() -> GcReport:
-        storage = build_storage(settings)
-        engine = create_engine(settings.database_url)
-        try:
-            await check_storage(storage)
+        async with open_runtime(settings) as runtime:
             return await reconcile(
-                sessions=create_sessionmaker(engine),
-                storage=storage,
+                sessions=runtime.sessions,
+                storage=runtime.storage,
                 grace=timedelta(seconds=grace),
                 apply=apply,
             )
-        finally:
-            await engine.dispose()
-            close_storage(storage)
 
     try:
         report = asyncio.run(run())
@@ -222,6 +228,446 @@ def _print_gc_report(report: GcReport, settings: Settings, *, show_orphans: bool
         console.print(f"orphans that could not be deleted: {len(report.failed)}")
     if not report.applied and report.orphans:
         console.print(f"dry run: nothing deleted; run with --apply to delete {len(report.orphans)}")
+
+
+# Bulk work: import a folder, reprocess every avatar, process local files. Progress bars and
+# notes go to stderr; stdout carries the summary only (a table, or JSON with --json).
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the summary as JSON on stdout (no table).")
+]
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+TABLE_NAMES = 5  # names shown per reason in a summary table; every one gets a line below it
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _run_bulk(work: Callable[[], Coroutine[Any, Any, T]], *, interrupted: Callable[[], str]) -> T:
+    """Run ``work`` with the errors every bulk command shares: one line, never a traceback."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.storage import StorageUnavailable
+
+    try:
+        return asyncio.run(work())
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {interrupted()}", err=True)
+        raise typer.Exit(INTERRUPTED) from None
+    except ConfigurationError as exc:
+        raise _fail(str(exc), 2) from None
+    except StorageUnavailable as exc:
+        raise _fail(f"the storage cannot be used: {exc}", 1) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(f"the database cannot be used: {_database_error(exc)}", 1) from None
+
+
+def _database_error(exc: BaseException) -> str:
+    """One line: the driver's own error when SQLAlchemy wraps one (its text spans lines)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()
+    reason = f"{type(cause).__name__}: {text[0] if text else ''}"
+    if "avatars" in reason and ("no such table" in reason or "does not exist" in reason):
+        reason += " (run `avatar-service migrate` first)"
+    return reason
+
+
+class _ProgressBar:
+    """A Rich progress bar on stderr; its line appears once the total is known (``start``), so
+    a run that fails before any work shows only its error."""
+
+    def __init__(self, label: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.label = label
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+    def start(self, total: int) -> None:
+        self.task = self.progress.add_task(self.label, total=total)
+        self.progress.start()
+
+    def advance(self, _outcome: object = None) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+
+def _stdout() -> Console:
+    from rich.console import Console
+
+    # File names and user ids are printed as they are: "[b]" or ":x:" in one is not markup.
+    return Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2))
+
+
+def _rejects_table(title: str, by_code: dict[str, list[str]], what: str) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, box=None, pad_edge=False)
+    table.add_column("code")
+    table.add_column(what, justify="right")
+    table.add_column("names")
+    for code, names in by_code.items():
+        shown = ", ".join(names[:TABLE_NAMES])
+        if len(names) > TABLE_NAMES:
+            shown += f" and {len(names) - TABLE_NAMES:,} more"
+        table.add_row(code, f"{len(names):,}", shown)
+    return table
+
+
+def _counts_table(rows: list[tuple[str, int]], what: str) -> Table:
+    from rich.table import Table
+
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("")
+    table.add_column(what, justify="right")
+    for label, count in rows:
+        table.add_row(label, f"{count:,}")
+    return table
+
+
+def _outcomes_json(outcomes: list[Outcome], name: str) -> list[dict[str, str | None]]:
+    return [{name: o.name, "code": o.code, "detail": o.detail} for o in outcomes]
+
+
+@cli.command("import")
+def import_(
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder of images, one per user.")
+    ],
+    user_from_filename: Annotated[
+        bool,
+        typer.Option(
+            "--user-from-filename",
+            help="Each file is the avatar of the user its name's stem names (alice.jpg: alice). "
+            "Required: it is the only way users are chosen.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Run every file through the pipeline; store nothing."),
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            help="Leave users who have an avatar alone (continues an interrupted import).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Import existing avatars from a folder, through the same pipeline as an upload.
+
+    The files directly in DIR are imported; hidden files and folders are ignored. Each file
+    replaces its user's avatar as an upload would, with the same limits. Prints how many were
+    imported and each reject with its reason. Exits 0 when every file was imported (or
+    skipped), 1 when some were rejected or failed, 2 on invalid configuration, an unusable
+    store or a bad DIR.
+    """
+    from app.services.bulk import import_files, plan_import
+    from app.services.runtime import open_runtime
+
+    if not user_from_filename:
+        raise _fail(
+            "say how files map to users: --user-from-filename (alice.jpg becomes the avatar "
+            "of user 'alice')",
+            2,
+        )
+    settings = _settings()
+    try:
+        plan = plan_import(directory)
+    except OSError as exc:
+        raise _fail(str(exc), 2) from None
+    done: list[Outcome] = []
+
+    async def work() -> ImportReport:
+        async with open_runtime(settings) as runtime:
+            with _ProgressBar("import (dry run)" if dry_run else "import") as bar:
+
+                def advance(outcome: Outcome) -> None:
+                    done.append(outcome)
+                    bar.advance()
+
+                return await import_files(
+                    runtime,
+                    plan,
+                    dry_run=dry_run,
+                    skip_existing=skip_existing,
+                    on_start=bar.start,
+                    on_done=advance,
+                )
+
+    report = _run_bulk(
+        work,
+        interrupted=lambda: (
+            f"{sum(o.ok for o in done)} of {len(plan.files)} files done; run again with "
+            "--skip-existing to continue"
+        ),
+    )
+    if as_json:
+        _print_json(
+            {
+                "dry_run": report.dry_run,
+                "imported": [{"file": o.name, "user_id": o.detail} for o in report.imported],
+                "skipped": [{"file": o.name, "detail": o.detail} for o in report.skipped],
+                "rejected": _outcomes_json(report.rejected, "file"),
+                "rejects_by_code": report.rejects_by_code,
+                "ignored": report.ignored,
+            }
+        )
+    else:
+        console = _stdout()
+        console.print(
+            f"import from {directory}" + (" (dry run: nothing stored)" if dry_run else "")
+        )
+        console.print(
+            _counts_table(
+                [
+                    ("would be imported" if dry_run else "imported", len(report.imported)),
+                    ("skipped (has an avatar)", len(report.skipped)),
+                    ("rejected", len(report.rejected)),
+                    ("ignored (hidden files, folders)", report.ignored),
+                ],
+                "files",
+            )
+        )
+        if report.rejected:
+            console.print(_rejects_table("rejects by reason", report.rejects_by_code, "files"))
+            for outcome in report.rejected:
+                console.print(f"rejected {outcome.name}: {outcome.code}: {outcome.detail}")
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def reprocess(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="File that records progress [default: AVATAR_DATA_DIR/reprocess-checkpoint.json].",
+            show_default=False,
+        ),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore the checkpoint; start from the first user.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Regenerate every avatar's squares from its stored original with the current settings.
+
+    Run it after changing AVATAR_THUMBNAIL_SIZE(S) or the pipeline. Users are done one at a
+    time in user id order, each exactly like a crop change (new objects, then the row, then the
+    old objects deleted); the original is kept. Resumable: a rerun continues after the last
+    finished user and first retries the users that failed; the checkpoint is removed when a run
+    ends with no failures. Exits 0 when all went well, 1 when some users failed, 2 on invalid
+    configuration, an unusable store or a checkpoint made with other settings, 130 on Ctrl-C.
+    """
+    import errno
+    import os
+
+    from app.services.bulk import Checkpoint, CheckpointMismatch, reprocess_avatars, run_fingerprint
+    from app.services.runtime import open_runtime
+
+    settings = _settings()
+    path = checkpoint or settings.data_dir / "reprocess-checkpoint.json"
+    state: list[Checkpoint] = []
+
+    async def work() -> ReprocessReport:
+        async with open_runtime(settings) as runtime:
+            fingerprint = run_fingerprint(runtime)
+            if restart:
+                saved = Checkpoint(path, fingerprint)
+            else:
+                try:
+                    saved = Checkpoint.load(path, fingerprint)
+                except CheckpointMismatch as exc:
+                    raise ConfigurationError(str(exc)) from None
+            try:  # fail now, not after the first user, if the checkpoint cannot be written
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not os.access(path.parent, os.W_OK):
+                    raise PermissionError(errno.EACCES, "permission denied")
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"the checkpoint {path} cannot be written: {exc.strerror}"
+                ) from None
+            state.append(saved)
+            if saved.started:
+                typer.echo(
+                    f"resuming after user {saved.after!r}"
+                    + (f", {len(saved.failed)} failed users first" if saved.failed else ""),
+                    err=True,
+                )
+            with _ProgressBar("reprocess") as bar:
+                return await reprocess_avatars(
+                    runtime, saved, on_start=bar.start, on_done=bar.advance
+                )
+
+    def interrupted() -> str:
+        after = state[0].after if state else None
+        where = f"after user {after!r}" if after is not None else "from the first user"
+        return f"run `avatar-service reprocess` again to continue {where}"
+
+    report = _run_bulk(work, interrupted=interrupted)
+    kept = state[0].path if state and state[0].failed else None
+    if as_json:
+        _print_json(
+            {
+                "resumed_after": report.resumed_after,
+                "done": len(report.done),
+                "skipped": _outcomes_json(report.skipped, "user_id"),
+                "failed": _outcomes_json(report.failed, "user_id"),
+                "checkpoint": str(kept) if kept else None,
+            }
+        )
+    else:
+        console = _stdout()
+        console.print(
+            _counts_table(
+                [
+                    ("reprocessed", len(report.done)),
+                    ("skipped (gone or replaced meanwhile)", len(report.skipped)),
+                    ("failed", len(report.failed)),
+                ],
+                "users",
+            )
+        )
+        for outcome in report.failed:
+            console.print(f"failed {outcome.name!r}: {outcome.code}: {outcome.detail}")
+        if kept:
+            console.print(f"run again to retry the failed users (checkpoint: {kept})")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def process(
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE...", help="Images to process.", show_default=False)
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Folder for the results: DIR/STEM/VARIANT.webp and DIR/STEM/report.json, "
+            "STEM being the file's name without its extension.",
+        ),
+    ],
+    crop: Annotated[
+        str | None,
+        typer.Option(help="x,y,width,height in pixels of the upright image.", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the image pipeline on local files, without a server, database or storage.
+
+    Each FILE gets a folder in the --out DIR with its variants and a report.json (sizes, bytes,
+    metadata_removed, orientation_applied, placeholder). The settings (sizes, limits, formats)
+    are the service's. Exits 0 when every file was processed, 1 when some were rejected, 2 on
+    invalid configuration, a bad --crop or an output folder that cannot be made.
+    """
+    from app.core.errors import InvalidCrop
+    from app.imaging.pipeline import parse_crop
+    from app.imaging.pool import WorkerPool
+    from app.services.bulk import process_files
+    from app.services.runtime import pipeline_options
+
+    try:
+        box = parse_crop(crop) if crop is not None else None
+    except InvalidCrop as exc:
+        raise _fail(f"--crop: {exc.detail}", 2) from None
+    settings = _settings()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"the output folder {out} cannot be made: {exc.strerror}", 2) from None
+    pool = WorkerPool(settings.workers, 0)
+
+    async def work() -> ProcessReport:
+        with _ProgressBar("process") as bar:
+            bar.start(len(files))
+            return await process_files(
+                files,
+                out,
+                pool=pool,
+                options=pipeline_options(settings),
+                max_bytes=settings.max_upload_bytes,
+                crop=box,
+                on_done=bar.advance,
+            )
+
+    try:
+        report = _run_bulk(work, interrupted=lambda: "the files done so far are in place")
+    finally:
+        pool.shutdown()
+    if as_json:
+        _print_json(
+            {
+                "processed": [
+                    {"file": item.name, "folder": str(item.folder), **item.report}
+                    for item in report.processed
+                ],
+                "rejected": _outcomes_json(report.rejected, "file"),
+                "rejects_by_code": report.rejects_by_code,
+            }
+        )
+    else:
+        from rich.table import Table
+
+        console = _stdout()
+        table = Table(show_edge=False, box=None, pad_edge=False)
+        for column in ("file", "size", "variants", "bytes", "orientation", "removed"):
+            table.add_column(column, justify="right" if column == "bytes" else "left")
+        for item in report.processed:
+            variants = item.report["variants"]
+            table.add_row(
+                item.name,
+                f"{item.report['width']}x{item.report['height']}",
+                str(len(variants)),
+                f"{sum(v['bytes'] for v in variants):,}",
+                str(item.report["orientation_applied"]),
+                ", ".join(item.report["metadata_removed"]) or "-",
+            )
+        console.print(f"processed {len(report.processed)} of {len(files)} into {out}")
+        if report.processed:
+            console.print(table)
+        if report.rejected:
+            console.print(_rejects_table("rejects by reason", report.rejects_by_code, "files"))
+            for outcome in report.rejected:
+                console.print(f"rejected {outcome.name}: {outcome.code}: {outcome.detail}")
+    if report.rejected:
+        raise typer.Exit(1)
 
 
 def main() -> None:

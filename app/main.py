@@ -12,11 +12,11 @@ from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.routes import avatars, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
-from app.core.config import ConfigurationError, Settings, get_settings
+from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
-from app.services.runtime import (  # noqa: F401  (check_storage, close_storage: re-exported)
+from app.services.runtime import (  # noqa: F401 (callers import these from here)
     check_storage,
     close_storage,
     open_runtime,
