@@ -38,3 +38,10 @@ def test_readme_lists_every_error_code() -> None:
     for cls in all_error_classes():
         if cls.code not in abstract:
             assert f"`{cls.code}`" in readme, cls.code
+
+
+def test_readme_configuration_reference_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    reference = readme.split("### Configuration reference", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"^\| `(AVATAR_[A-Z0-9_]+)`", reference, flags=re.MULTILINE))
+    assert documented == code_settings()
