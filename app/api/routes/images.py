@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
+from app.api.caching import client_has, etag_of
 from app.api.deps import PoolDep, SessionsDep, SettingsDep, StorageDep
 from app.api.problems import problem_responses
 from app.api.routes.media import MEDIA_CSP
@@ -31,12 +31,8 @@ def pick_square(avatar: Avatar, size: int) -> dict:
     return next((v for v in squares if v["width"] >= size), squares[-1])
 
 
-def _etag(data: bytes) -> str:
-    return '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
-
-
 def _image(request: Request, data: bytes, *, max_age: int, content_type: str) -> Response:
-    etag = _etag(data)
+    etag = etag_of(data)
     headers = {
         "ETag": etag,
         # The URL stays the same when the avatar changes: cache it briefly, then revalidate.
@@ -45,9 +41,7 @@ def _image(request: Request, data: bytes, *, max_age: int, content_type: str) ->
         "Content-Security-Policy": MEDIA_CSP,
         "Cross-Origin-Resource-Policy": "cross-origin",
     }
-    if etag in {
-        t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")
-    }:
+    if client_has(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=content_type, headers=headers)
 

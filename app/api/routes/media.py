@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from fastapi import APIRouter, Request, Response
 
+from app.api.caching import client_has, etag_of
 from app.api.deps import StorageDep
 from app.api.problems import problem_responses
 from app.core.errors import ResourceNotFound
@@ -16,15 +15,6 @@ router = APIRouter(tags=["media"])
 IMMUTABLE = "public, max-age=31536000, immutable"
 # The files are images: nothing in them may run, load or frame anything.
 MEDIA_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
-
-
-def _etag(data: bytes) -> str:
-    return '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
-
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
 
 
 @router.get(
@@ -45,7 +35,7 @@ async def read_media(key: str, request: Request, storage: StorageDep) -> Respons
         data = await storage.get(key)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ResourceNotFound("No such file.") from None
-    etag = _etag(data)
+    etag = etag_of(data)
     headers = {
         "ETag": etag,
         "Cache-Control": IMMUTABLE,
@@ -53,7 +43,7 @@ async def read_media(key: str, request: Request, storage: StorageDep) -> Respons
         "Content-Security-Policy": MEDIA_CSP,
         "Cross-Origin-Resource-Policy": "cross-origin",
     }
-    if _matches(request.headers.get("if-none-match", ""), etag):
+    if client_has(request, etag):
         return Response(status_code=304, headers=headers)
     body = b"" if request.method == "HEAD" else data
     response = Response(body, media_type=content_type_for(key), headers=headers)
