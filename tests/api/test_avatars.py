@@ -8,6 +8,7 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.core.security import create_token
+from tests.bodies import CountingBody
 from tests.conftest import stored_files
 from tests.images import assert_clean_webp, encode, jpeg_with_metadata
 
@@ -138,63 +139,44 @@ async def test_expired_and_forged_tokens_are_401(client, settings) -> None:
 
 
 async def test_unauthenticated_upload_is_refused_before_the_body_is_read(client) -> None:
-    consumed = 0
-
-    async def body():
-        nonlocal consumed
-        for _ in range(64):
-            consumed += 65536
-            yield b"\0" * 65536
+    body = CountingBody(64)
 
     response = await client.post(
         "/users/me/avatar",
-        content=body(),
+        content=body,
         headers={"Content-Type": "multipart/form-data; boundary=x"},
     )
     assert_problem(response, 401, "not_authenticated")
-    assert consumed <= 65536, f"{consumed} bytes were read before the 401"
+    assert body.consumed <= 65536, f"{body.consumed} bytes were read before the 401"
 
 
 async def test_declared_oversize_body_is_413_before_reading(client, auth, settings) -> None:
-    consumed = 0
-
-    async def body():
-        nonlocal consumed
-        for _ in range(200):
-            consumed += 65536
-            yield b"\0" * 65536
+    body = CountingBody(200)
 
     headers = {
         **auth(),
         "Content-Type": "multipart/form-data; boundary=x",
         "Content-Length": str(settings.max_upload_bytes + 1024 * 1024),
     }
-    response = await client.post("/users/me/avatar", content=body(), headers=headers)
+    response = await client.post("/users/me/avatar", content=body, headers=headers)
     assert_problem(response, 413, "image_too_large")
-    assert consumed <= 65536
+    assert body.consumed <= 65536
     assert stored_files(settings) == []
 
 
 async def test_streamed_oversize_body_is_cut_off(client, auth, settings) -> None:
     limit = settings.max_upload_bytes
-    consumed = 0
     boundary = "b0undary"
-
-    async def body():
-        nonlocal consumed
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
-        ).encode()
-        yield head
-        for _ in range(limit // 65536 + 64):
-            consumed += 65536
-            yield b"\xff" * 65536
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+    body = CountingBody(limit // 65536 + 64, head=head, fill=b"\xff")
 
     headers = {**auth(), "Content-Type": f"multipart/form-data; boundary={boundary}"}
-    response = await client.post("/users/me/avatar", content=body(), headers=headers)
+    response = await client.post("/users/me/avatar", content=body, headers=headers)
     assert_problem(response, 413, "image_too_large")
-    assert consumed <= limit + 2 * 65536, "the body was read past the limit"
+    assert body.consumed <= limit + 2 * 65536, "the body was read past the limit"
     assert stored_files(settings) == []
 
 

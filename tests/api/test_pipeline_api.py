@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import pipeline
+from tests.bodies import CountingBody
 from tests.conftest import make_settings, running_app, stored_files
 from tests.images import assert_clean_webp, encode, jpeg_with_metadata
 
@@ -102,22 +103,16 @@ async def test_bad_crop_is_422_invalid_crop_and_changes_nothing(
 
 
 async def test_malformed_crop_is_refused_before_the_body_is_read(client, auth) -> None:
-    consumed = 0
-
-    async def body():
-        nonlocal consumed
-        for _ in range(64):
-            consumed += 65536
-            yield b"\0" * 65536
+    body = CountingBody(64)
 
     response = await client.post(
         "/users/me/avatar",
         params={"crop": "not,a,crop"},
-        content=body(),
+        content=body,
         headers={**auth(), "Content-Type": "multipart/form-data; boundary=x"},
     )
     assert_problem(response, 422, "invalid_crop")
-    assert consumed <= 65536
+    assert body.consumed <= 65536
 
 
 # Report, sizes, still ---------------------------------------------------------------------------
@@ -213,22 +208,16 @@ async def test_full_pool_is_503_with_retry_after_before_reading_the_body(
     async with running_app(settings) as (client, auth):
         first = asyncio.create_task(upload(client, auth, jpeg_with_metadata()))
         await asyncio.to_thread(started.wait, 10)
-        consumed = 0
-
-        async def body():
-            nonlocal consumed
-            for _ in range(64):
-                consumed += 65536
-                yield b"\0" * 65536
+        body = CountingBody(64)
 
         refused = await client.post(
             "/users/me/avatar",
-            content=body(),
+            content=body,
             headers={**auth("bob"), "Content-Type": "multipart/form-data; boundary=x"},
         )
         assert_problem(refused, 503, "server_busy")
         assert int(refused.headers["retry-after"]) >= 1
-        assert consumed <= 65536, "the refused upload's body was read"
+        assert body.consumed <= 65536, "the refused upload's body was read"
         release.set()
         assert (await first).status_code == 201
         assert (await upload(client, auth, jpeg_with_metadata())).status_code == 201

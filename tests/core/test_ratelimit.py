@@ -8,6 +8,7 @@ import pytest
 
 from app.core.errors import RateLimited
 from app.core.ratelimit import UploadRateLimiter, limits_storage_uri
+from tests.bodies import CountingBody
 from tests.conftest import make_settings, missing, running_app
 from tests.images import jpeg_with_metadata
 
@@ -81,22 +82,16 @@ async def test_upload_over_the_limit_is_429_before_the_body(
         for _ in range(2):
             response = await client.post("/users/me/avatar", headers=auth(user), files=files)
             assert response.status_code == 201
-        consumed = 0
-
-        async def body():
-            nonlocal consumed
-            for _ in range(32):
-                consumed += 65536
-                yield b"\0" * 65536
+        body = CountingBody(32)
 
         response = await client.post(
             "/users/me/avatar",
             headers={**auth(user), "Content-Type": "multipart/form-data; boundary=x"},
-            content=body(),
+            content=body,
         )
         assert response.status_code == 429
         assert response.json()["code"] == "rate_limited"
         assert int(response.headers["retry-after"]) >= 1
-        assert consumed <= 65536
+        assert body.consumed <= 65536
         # Reads are not limited.
         assert (await client.get("/users/me/avatar", headers=auth(user))).status_code == 200
