@@ -111,8 +111,12 @@ async def _admin(url: str, *statements: str) -> None:
 
     parsed = make_url(url)
     connection = await asyncpg.connect(
-        user=parsed.username, password=parsed.password, host=parsed.host,
-        port=parsed.port or 5432, database=parsed.database, timeout=5,
+        user=parsed.username,
+        password=parsed.password,
+        host=parsed.host,
+        port=parsed.port or 5432,
+        database=parsed.database,
+        timeout=5,
     )
     try:
         for statement in statements:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -48,6 +49,8 @@ def _from_http_exception(exc: StarletteHTTPException) -> AppError:
         return ResourceNotFound("No such resource.")
     if exc.status_code == 405:
         return MethodNotAllowed("This method is not allowed on this resource.")
+    if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8 JSON)
+        return InvalidRequest(f"The request body cannot be parsed: {exc.detail}")
     generic = AppError(str(exc.detail))
     generic.status = exc.status_code  # type: ignore[misc]
     return generic
@@ -78,6 +81,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         logger.error("database error: %s", type(exc).__name__)
         return render(request, DatabaseUnavailable("The database is not available; retry later."))
 
+    async def on_timeout(request: Request, exc: Exception) -> ProblemResponse:
+        # Storage, body and identity-provider timeouts are turned into their own errors where
+        # they happen; what arrives here is a database statement that ran out of time.
+        logger.error("timeout: %s", type(exc).__name__)
+        error = DatabaseUnavailable("The database did not answer in time; retry later.")
+        return render(request, error)
+
     async def on_storage_error(request: Request, exc: Exception) -> ProblemResponse:
         logger.error("storage error: %s", exc)
         error = StorageUnavailableError("The image store is not available; retry later.")
@@ -91,8 +101,35 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(SQLAlchemyError, on_database_error)
+    app.add_exception_handler(TimeoutError, on_timeout)
     app.add_exception_handler(StorageUnavailable, on_storage_error)
     app.add_exception_handler(Exception, on_unexpected)
+    _document_validation_problems(app)
+
+
+def _document_validation_problems(app: FastAPI) -> None:
+    """FastAPI documents its own 422 (request validation) as ``application/json`` with
+    ``HTTPValidationError``; ``on_validation_error`` sends problem+json: say so in the
+    OpenAPI document, so that it describes what clients really get."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = generate()
+        if not fresh:
+            return schema
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+                media = responses.get("422", {}).get("content", {}).get("application/json", {})
+                if media.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    responses["422"] = problem_responses(InvalidRequest)[422]
+        if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path("./data")
     database_url: str = ""
+    # Seconds to connect to a database server, and for each statement.
+    database_timeout: float = Field(default=10.0, gt=0)
     storage: Literal["local", "s3"] = "local"
     media_root: Path | None = None
     public_base_url: str = ""
@@ -194,9 +196,7 @@ class Settings(BaseSettings):
     @property
     def hs256_enabled(self) -> bool:
         """HS256 tokens are accepted: allowed, and a secret is set or may be generated."""
-        return "HS256" in self.jwt_algorithms and bool(
-            self.jwt_secret or self.env == "development"
-        )
+        return "HS256" in self.jwt_algorithms and bool(self.jwt_secret or self.env == "development")
 
     def signing_secret(self) -> str:
         """The HS256 secret: the configured one, or in development one generated once

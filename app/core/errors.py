@@ -26,6 +26,7 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     │   └── InvalidCrop             422 invalid_crop
     ├── RateLimited                 429 rate_limited (with Retry-After)
     ├── ServerBusy                  503 server_busy (with Retry-After)
+    ├── InsufficientStorage         507 insufficient_storage (the disk is full; with Retry-After)
     └── ServiceUnavailable          503 service_unavailable
         ├── DatabaseUnavailable     503 database_unavailable
         ├── StorageUnavailableError 503 storage_unavailable
@@ -212,6 +213,18 @@ class StorageUnavailableError(ServiceUnavailable):
 class IdentityProviderUnavailable(ServiceUnavailable):
     code = "identity_provider_unavailable"
     title = "Identity provider unavailable"
+
+
+class InsufficientStorage(AppError):
+    """The store has no room (ENOSPC, a quota): nothing was kept; retrying helps once an
+    operator has made room."""
+
+    status = 507
+    code = "insufficient_storage"
+    title = "Insufficient storage"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 60):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class RateLimited(AppError):

@@ -15,10 +15,22 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def create_engine(database_url: str, *, timeout: float = 10.0) -> AsyncEngine:
+    """``timeout``: seconds to connect, and for each statement, on a database server: one that
+    accepts connections but never answers fails the request (503) instead of holding it."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        connect_args = {"timeout": timeout, "command_timeout": timeout}
+        engine = create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            pool_timeout=timeout,
+            connect_args=connect_args if url.get_driver_name() == "asyncpg" else {},
+        )
+        event.listen(engine.sync_engine, "do_connect", _connect_or_operational_error)
+        return engine
 
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +52,18 @@ def create_engine(database_url: str) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _connect_or_operational_error(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Connect; a server that refuses, cannot be reached or times out becomes the driver's
+    ``OperationalError``. asyncpg raises plain ``OSError``s there, which SQLAlchemy passes on
+    unwrapped, so "database down" would be an unexpected error (500) instead of a
+    ``SQLAlchemyError`` (503 database_unavailable)."""
+    dbapi = dialect.loaded_dbapi
+    try:
+        return dbapi.connect(*cargs, **cparams)
+    except OSError as exc:  # ConnectionRefusedError, socket.gaierror, TimeoutError, ...
+        raise dbapi.OperationalError(f"cannot connect to the database: {exc}") from exc
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

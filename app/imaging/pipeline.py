@@ -420,6 +420,10 @@ def decode(image: Image.Image) -> Image.Image:
         image.load()
     except Exception:
         raise CorruptImage("The image data is corrupt or truncated.") from None
+    # A palette PNG without its PLTE chunk decodes to indices with no colours; Pillow then
+    # fails an assertion on first use (found by tests/imaging/test_fuzz.py).
+    if image.mode in ("P", "PA") and image.palette is None:
+        raise CorruptImage("The image has no palette.")
     return image
 
 

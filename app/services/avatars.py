@@ -12,6 +12,7 @@ failed change leaves the previous avatar exactly as it was.
 
 from __future__ import annotations
 
+import errno
 import logging
 import uuid
 from collections.abc import Awaitable, Iterable
@@ -26,6 +27,7 @@ from app.core.errors import (
     AvatarChanged,
     AvatarNotFound,
     DatabaseUnavailable,
+    InsufficientStorage,
     StorageUnavailableError,
 )
 from app.db.models import Avatar, utcnow
@@ -41,11 +43,15 @@ from app.storage.base import Storage
 
 logger = logging.getLogger(__name__)
 
+
 class _Keep:
     """Marker: keep the crop the row has."""
 
 
 KEEP = _Keep()
+
+# A full disk or an exhausted quota: 507, not "the store is down" (503).
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # A first upload races other first uploads of the same user on the primary key; the loser
 # retries as a replacement.
@@ -187,6 +193,8 @@ async def _put_variants(
             )
     except Exception as exc:
         await delete_objects(storage, written)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise InsufficientStorage("The image store is full; nothing was kept.") from exc
         raise StorageUnavailableError("The image store could not save the avatar.") from exc
     return stored
 

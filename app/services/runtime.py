@@ -69,7 +69,7 @@ async def open_runtime(
     yield it, and close what was built here. With ``metrics``, the storage and the pool
     record their calls."""
     built = storage or build_storage(settings)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, timeout=settings.database_timeout)
     pool = WorkerPool(settings.workers, settings.queue_size)
     used_storage: Any = built
     used_pool: Any = pool

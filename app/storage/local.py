@@ -48,7 +48,17 @@ class LocalStorage:
             raise
 
     async def get(self, key: str) -> bytes:
-        return await anyio.to_thread.run_sync(self.path_for(key).read_bytes)
+        return await anyio.to_thread.run_sync(self._get, key)
+
+    def _get(self, key: str) -> bytes:
+        path = self.path_for(key)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise  # no such object: the caller's 404
+        except OSError as exc:  # EIO, EACCES, a stale mount: the store is failing, not the key
+            raise StorageUnavailable(f"cannot read {key}: {exc.strerror or exc}") from exc
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(self._delete, key)

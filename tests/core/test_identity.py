@@ -116,9 +116,8 @@ def test_es256_with_public_key(tmp_path) -> None:
 def test_hs256_signed_with_the_public_key_is_refused(tmp_path) -> None:
     key = rsa_key()
     pem = public_pem(key)
-    verifier = TokenVerifier(
-        settings_for(tmp_path, jwt_public_key=pem, jwt_secret="s" * 64)
-    )
+    verifier = TokenVerifier(settings_for(tmp_path, jwt_public_key=pem, jwt_secret="s" * 64))
+
     # The classic confusion attack: HMAC over the token with the public key as the secret.
     # PyJWT refuses to make one, so it is made by hand.
     def b64(data: bytes) -> str:
@@ -195,7 +194,10 @@ async def test_jwks_token_through_the_api(tmp_path, sqlite_url, jwks: JwksServer
     key = rsa_key()
     jwks.keys = [jwk(key, "api", "RS256")]
     settings = make_settings(
-        tmp_path, database_url=sqlite_url, jwks_url=jwks.url, jwt_issuer=ISSUER,
+        tmp_path,
+        database_url=sqlite_url,
+        jwks_url=jwks.url,
+        jwt_issuer=ISSUER,
         jwt_audience=AUDIENCE,
     )
     async with running_app(settings) as (client, _auth):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-import hashlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
+from app.api.caching import client_has, etag_of
 from app.api.deps import (
     BaseUrl,
     CurrentUser,
@@ -104,40 +105,45 @@ class AvatarPatch(BaseModel):
     )
 
 
-def _etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+@dataclass(frozen=True)
+class DocumentWriter:
+    """Renders an avatar document for this request: URLs for its base, ``?inline``, an ETag,
+    and 304 when the client has the document already."""
+
+    request: Request
+    storage: Storage
+    settings: Settings
+    base_url: str
+
+    async def __call__(
+        self, avatar: Avatar, *, inline: str | None, public: bool, status_code: int = 200
+    ) -> Response:
+        document = AvatarPublic.build(avatar, storage=self.storage, base_url=self.base_url)
+        if inline is not None:
+            document.inline = await _inline(
+                avatar, inline, storage=self.storage, settings=self.settings
+            )
+        body = document.model_dump_json().encode()
+        etag = etag_of(body)
+        headers = {
+            "ETag": etag,
+            # Revalidate every time (cheap with If-None-Match): the avatar may change any time.
+            "Cache-Control": ("public" if public else "private") + ", no-cache",
+        }
+        if status_code == 200 and client_has(self.request, etag):
+            return Response(status_code=304, headers=headers)
+        return Response(
+            body, status_code=status_code, media_type="application/json", headers=headers
+        )
 
 
-def _matches(if_none_match: str, etag: str) -> bool:
-    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in candidates or etag in candidates
+def get_document_writer(
+    request: Request, storage: StorageDep, settings: SettingsDep, base_url: BaseUrl
+) -> DocumentWriter:
+    return DocumentWriter(request, storage, settings, base_url)
 
 
-async def _document(
-    avatar: Avatar,
-    *,
-    request: Request,
-    storage: Storage,
-    settings: Settings,
-    base_url: str,
-    inline: str | None,
-    status_code: int = 200,
-    public: bool,
-) -> Response:
-    """The avatar document with an ETag; 304 when the client has it already."""
-    document = AvatarPublic.build(avatar, storage=storage, base_url=base_url)
-    if inline is not None:
-        document.inline = await _inline(avatar, inline, storage=storage, settings=settings)
-    body = document.model_dump_json().encode()
-    etag = _etag(body)
-    headers = {
-        "ETag": etag,
-        # Revalidate every time (cheap with If-None-Match): the avatar may change at any moment.
-        "Cache-Control": ("public" if public else "private") + ", no-cache",
-    }
-    if status_code == 200 and _matches(request.headers.get("if-none-match", ""), etag):
-        return Response(status_code=304, headers=headers)
-    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+DocumentDep = Annotated[DocumentWriter, Depends(get_document_writer)]
 
 
 async def _inline(
@@ -214,7 +220,7 @@ async def upload_avatar(
     storage: StorageDep,
     pool: PoolDep,
     options: PipelineOptionsDep,
-    base_url: BaseUrl,
+    write: DocumentDep,
     crop: Annotated[str | None, Query(description=_CROP_HELP)] = None,
     inline: InlineQuery = None,
 ) -> Response:
@@ -239,16 +245,7 @@ async def upload_avatar(
             upload=upload.data,
             crop=crop_box,
         )
-    return await _document(
-        avatar,
-        request=request,
-        storage=storage,
-        settings=settings,
-        base_url=base_url,
-        inline=inline,
-        status_code=201,
-        public=False,
-    )
+    return await write(avatar, inline=inline, public=False, status_code=201)
 
 
 @router.patch(
@@ -274,15 +271,13 @@ async def upload_avatar(
     },
 )
 async def update_avatar_crop(
-    request: Request,
     patch: AvatarPatch,
     user_id: UploadingUser,
-    settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,
     pool: PoolDep,
     options: PipelineOptionsDep,
-    base_url: BaseUrl,
+    write: DocumentDep,
 ) -> Response:
     with pool.reserve():
         avatar = await service.recrop_avatar(
@@ -293,15 +288,7 @@ async def update_avatar_crop(
             user_id=user_id,
             crop=_crop_box(patch.crop),
         )
-    return await _document(
-        avatar,
-        request=request,
-        storage=storage,
-        settings=settings,
-        base_url=base_url,
-        inline=None,
-        public=False,
-    )
+    return await write(avatar, inline=None, public=False)
 
 
 _READ_ERRORS = (errors.AvatarNotFound, errors.UnknownVariant, errors.InlineTooLarge)
@@ -318,24 +305,10 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses={**_READ_RESPONSES, **problem_responses(errors.NotAuthenticated, *_READ_ERRORS)},
 )
 async def read_my_avatar(
-    request: Request,
-    user_id: CurrentUser,
-    settings: SettingsDep,
-    sessions: SessionsDep,
-    storage: StorageDep,
-    base_url: BaseUrl,
-    inline: InlineQuery = None,
+    user_id: CurrentUser, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
     avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
-    return await _document(
-        avatar,
-        request=request,
-        storage=storage,
-        settings=settings,
-        base_url=base_url,
-        inline=inline,
-        public=False,
-    )
+    return await write(avatar, inline=inline, public=False)
 
 
 @router.delete(
@@ -359,21 +332,7 @@ async def delete_my_avatar(
     responses={**_READ_RESPONSES, **problem_responses(*_READ_ERRORS)},
 )
 async def read_avatar(
-    request: Request,
-    user_id: str,
-    settings: SettingsDep,
-    sessions: SessionsDep,
-    storage: StorageDep,
-    base_url: BaseUrl,
-    inline: InlineQuery = None,
+    user_id: str, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
     avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
-    return await _document(
-        avatar,
-        request=request,
-        storage=storage,
-        settings=settings,
-        base_url=base_url,
-        inline=inline,
-        public=True,
-    )
+    return await write(avatar, inline=inline, public=True)
