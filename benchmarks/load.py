@@ -18,8 +18,6 @@ to loopback only and stop by themselves.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 import sys
 import threading
 import time
@@ -27,7 +25,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from benchmarks.photo import HEIGHT, WIDTH, phone_photo
-from benchmarks.server import Client, Server, get, memory_mb, multipart, spawned_server
+from benchmarks.server import (
+    Client,
+    Sampler,
+    Server,
+    memory_mb,
+    multipart,
+    percentile,
+    spawned_server,
+)
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Phase:
     latencies_ms: list[float]
     statuses: Counter
     health_ms: list[float]
+    health_failures: int
     rss_max_mb: float | None
     hwm_mb: float | None
     errors: list[str] = field(default_factory=list)
@@ -45,37 +52,6 @@ class Phase:
     @property
     def per_second(self) -> float:
         return self.statuses[201] / self.seconds
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0-100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
-class Sampler(threading.Thread):
-    """/healthz every ``interval`` seconds on its own connection, and the server's RSS."""
-
-    def __init__(self, server: Server, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.interval = interval
-        self.stop = threading.Event()
-        self.health_ms: list[float] = []
-        self.rss_mb: list[float] = []
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                status, _body, ms = get(self.server, "/healthz", timeout=10)
-                self.health_ms.append(ms if status == 200 else float("inf"))
-            except OSError:
-                self.health_ms.append(float("inf"))
-            if self.server.pid is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    self.rss_mb.append(memory_mb(self.server.pid, "VmRSS"))
-            self.stop.wait(self.interval)
 
 
 def run_phase(server: Server, body: bytes, content_type: str, clients: int, uploads: int) -> Phase:
@@ -109,7 +85,7 @@ def run_phase(server: Server, body: bytes, content_type: str, clients: int, uplo
     threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
-    sampler = Sampler(server)
+    sampler = Sampler(server, interval=0.02)
     sampler.start()
     start_line.wait()
     began = time.perf_counter()
@@ -126,6 +102,7 @@ def run_phase(server: Server, body: bytes, content_type: str, clients: int, uplo
         latencies_ms=latencies,
         statuses=statuses,
         health_ms=sampler.health_ms,
+        health_failures=sampler.health_failures,
         rss_max_mb=max(sampler.rss_mb) if sampler.rss_mb else None,
         hwm_mb=hwm,
         errors=errors,
@@ -149,7 +126,8 @@ def report(phase: Phase, out=sys.stdout) -> None:
     print(
         f"             server RSS max {mb(phase.rss_max_mb)}, peak (VmHWM) {mb(phase.hwm_mb)}"
         f" | /healthz ms p50 {percentile(health, 50):5.1f} p99 {percentile(health, 99):5.1f}"
-        f" max {max(health):5.1f} ({len(health)} probes)",
+        f" max {max(health, default=float('nan')):5.1f} ({len(health)} probes,"
+        f" {phase.health_failures} failed)",
         file=out,
     )
     for error in phase.errors[:3]:

@@ -8,14 +8,17 @@ read from ``/proc``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -167,3 +170,36 @@ def memory_mb(pid: int, field: str = "VmHWM") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise ValueError(f"{field} not found for process {pid}")
+
+
+class Sampler(threading.Thread):
+    """The server's RSS and /healthz latency, sampled until stopped."""
+
+    def __init__(self, server: Server, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.interval = interval
+        self.stop = threading.Event()
+        self.rss_mb: list[float] = []
+        self.health_ms: list[float] = []
+        self.health_failures = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            if self.server.pid is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.rss_mb.append(memory_mb(self.server.pid, "VmRSS"))
+            try:
+                status, _body, ms = get(self.server, "/healthz", timeout=10)
+                self.health_ms.append(ms)
+                self.health_failures += status != 200
+            except OSError:
+                self.health_failures += 1
+            self.stop.wait(self.interval)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(1, min(len(ordered), math.ceil(q / 100 * len(ordered)))) - 1]

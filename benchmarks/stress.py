@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from benchmarks.server import Server, get, memory_mb, multipart, spawned_server
+from benchmarks.server import Sampler, Server, get, memory_mb, multipart, percentile, spawned_server
 
 MIB = 1024 * 1024
 ACCEPTABLE = {429, 503}  # besides 2xx
@@ -112,39 +112,6 @@ def upload(server: Server, user_id: str, body: bytes, content_type: str, timeout
         return None, {}, None, f"{type(exc).__name__}: {exc}"
     finally:
         connection.close()
-
-
-class Sampler(threading.Thread):
-    """The server's RSS and /healthz latency, sampled until stopped."""
-
-    def __init__(self, server: Server, interval: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.interval = interval
-        self.stop = threading.Event()
-        self.rss_mb: list[float] = []
-        self.health_ms: list[float] = []
-        self.health_failures = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            if self.server.pid is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    self.rss_mb.append(memory_mb(self.server.pid, "VmRSS"))
-            try:
-                status, _body, ms = get(self.server, "/healthz", timeout=10)
-                self.health_ms.append(ms)
-                self.health_failures += status != 200
-            except OSError:
-                self.health_failures += 1
-            self.stop.wait(self.interval)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[max(1, min(len(ordered), math.ceil(q / 100 * len(ordered)))) - 1]
 
 
 def fetch(url: str, timeout: float) -> tuple[int, bytes]:
