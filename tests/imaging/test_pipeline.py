@@ -133,40 +133,6 @@ def test_cmyk_is_converted_to_rgb() -> None:
     assert red > 200 and green < 60 and blue < 60
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "pillow-tests/xmp_test.jpg",  # Adobe RGB (1998)
-        "libvips-testsuite/sample.jpg",  # A98
-        "thumbor-fixtures/cmyk-icc.jpg",  # CMYK, U.S. Web Coated (SWOP)
-        "thumbor-fixtures/grayscale-icc.jpg",  # grey, Dot Gain 20%
-    ],
-)
-def test_embedded_profile_is_converted_to_srgb(corpus, name: str) -> None:
-    from PIL import ImageCms
-
-    source = Image.open(corpus / name)
-    source.load()
-    profile = ImageCms.ImageCmsProfile(io.BytesIO(source.info["icc_profile"]))
-    srgb = ImageCms.createProfile("sRGB")
-    reference = ImageCms.profileToProfile(source, profile, srgb, outputMode="RGB")
-    naive = source.convert("RGB")
-
-    result = process_image((corpus / name).read_bytes())
-    out = decoded(result.variant("original").data).convert("RGB")
-    assert out.size == reference.size
-
-    def mean_error(a: Image.Image, b: Image.Image) -> float:
-        pixels = list(zip(a.get_flattened_data(), b.get_flattened_data(), strict=True))[::97]
-        return sum(abs(x - y) for pa, pb in pixels for x, y in zip(pa, pb, strict=True)) / (
-            3 * len(pixels)
-        )
-
-    to_reference = mean_error(out, reference)
-    assert to_reference < 4, to_reference  # WebP loss only
-    assert to_reference < mean_error(out, naive), "output matches the unconverted numbers"
-
-
 def test_alpha_is_kept() -> None:
     image = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
     image.paste((0, 0, 255, 255), (16, 16, 48, 48))
