@@ -14,7 +14,12 @@ from app.services.selftest import run_selftest
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=HealthStatus, summary="The process is alive")
+@router.get(
+    "/healthz",
+    response_model=HealthStatus,
+    response_model_exclude_none=True,
+    summary="The process is alive",
+)
 async def healthz() -> HealthStatus:
     return HealthStatus(status="ok")
 
