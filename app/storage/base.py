@@ -1,9 +1,10 @@
 """The storage interface: a few verbs over opaque keys, with stdlib errors.
 
-Adapters: ``LocalStorage`` (a folder on disk, atomic writes) and ``MemoryStorage`` (a fake for
-tests, like httpx's MockTransport). ``get`` raises ``FileNotFoundError`` for a missing key;
-``delete`` of a missing key is not an error. Keys are made by the service, never by clients,
-and always match ``KEY_PATTERN``.
+Adapters: ``LocalStorage`` (a folder on disk, atomic writes), ``S3Storage`` (S3 or an
+S3-compatible store through an injected boto3 client) and ``MemoryStorage`` (a fake for tests,
+like httpx's MockTransport). ``get`` raises ``FileNotFoundError`` for a missing key and
+``StorageUnavailable`` when the store fails; ``delete`` of a missing key is not an error. Keys
+are made by the service, never by clients, and always match ``KEY_PATTERN``.
 """
 
 from __future__ import annotations
