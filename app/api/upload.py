@@ -56,8 +56,8 @@ async def limited_stream(
     request: Request, limit: int, *, idle_timeout: float, total_timeout: float
 ) -> AsyncIterator[bytes]:
     """The body, cut off past ``limit`` bytes, after ``idle_timeout`` seconds without a byte, or
-    after ``total_timeout`` seconds in all: a client trickling a byte at a time holds a
-    connection for a bounded time, never a worker."""
+    after ``total_timeout`` seconds in all: a client trickling a byte at a time holds its
+    connection, and the image-pool place reserved for it, for a bounded time only."""
     received = 0
     deadline = asyncio.get_running_loop().time() + total_timeout
     chunks = request.stream().__aiter__()
