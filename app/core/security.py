@@ -110,11 +110,6 @@ class TokenVerifier:
         return self.public_key
 
 
-def decode_token(settings: Settings, token: str) -> str:
-    """Verify one token with a verifier built for ``settings`` (tools and tests)."""
-    return TokenVerifier(settings).verify(token)
-
-
 def validate_user_id(user_id: str) -> None:
     if not user_id or len(user_id) > MAX_USER_ID_LENGTH or not user_id.isprintable():
         raise ValueError(f"a user id is 1 to {MAX_USER_ID_LENGTH} printable characters")

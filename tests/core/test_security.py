@@ -7,7 +7,7 @@ import pytest
 
 from app.core.config import load_settings
 from app.core.errors import NotAuthenticated
-from app.core.security import create_token, decode_token
+from app.core.security import TokenVerifier, create_token
 
 SECRET = "s" * 64
 
@@ -18,12 +18,12 @@ def settings(tmp_path):
 
 
 def test_round_trip(settings) -> None:
-    assert decode_token(settings, create_token(settings, "user-42")) == "user-42"
+    assert TokenVerifier(settings).verify(create_token(settings, "user-42")) == "user-42"
 
 
 def test_token_expires(settings) -> None:
     with pytest.raises(NotAuthenticated, match="expired"):
-        decode_token(settings, create_token(settings, "u", ttl_seconds=-1))
+        TokenVerifier(settings).verify(create_token(settings, "u", ttl_seconds=-1))
 
 
 @pytest.mark.parametrize(
@@ -39,22 +39,22 @@ def test_token_expires(settings) -> None:
 def test_required_claims(settings, claims) -> None:
     token = jwt.encode(claims, SECRET, algorithm="HS256")
     with pytest.raises(NotAuthenticated):
-        decode_token(settings, token)
+        TokenVerifier(settings).verify(token)
 
 
 def test_alg_none_is_refused(settings) -> None:
     token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, None, algorithm="none")
     with pytest.raises(NotAuthenticated):
-        decode_token(settings, token)
+        TokenVerifier(settings).verify(token)
 
 
 def test_other_algorithm_is_refused(settings) -> None:
     token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, SECRET, algorithm="HS512")
     with pytest.raises(NotAuthenticated):
-        decode_token(settings, token)
+        TokenVerifier(settings).verify(token)
 
 
 def test_forged_signature_is_refused(settings) -> None:
     token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, "t" * 64, algorithm="HS256")
     with pytest.raises(NotAuthenticated):
-        decode_token(settings, token)
+        TokenVerifier(settings).verify(token)
