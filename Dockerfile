@@ -17,8 +17,11 @@ WORKDIR /srv
 # `avatar-service migrate` finds alembic.ini and alembic/ in its working directory.
 COPY alembic.ini ./
 COPY alembic ./alembic
+# The image is production unless told otherwise: it refuses to start without AVATAR_JWT_SECRET
+# or an identity provider, and never serves development tokens.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    AVATAR_ENV=production \
     AVATAR_DATA_DIR=/data \
     AVATAR_HOST=0.0.0.0 \
     AVATAR_PORT=8000 \

@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+DEV_TOKENS ?= true
 
 .PHONY: install install-browser run test test-s3 bench stress lint format migrate clean
 
@@ -20,8 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 migrate: install
 	$(BIN)/avatar-service migrate
 
+# A local developer's server: the try-it page and POST /dev/token are on (loopback only, with the
+# generated secret). `make run DEV_TOKENS=false` serves without them (e.g. with a secret in .env).
 run: migrate
-	$(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
+	AVATAR_DEV_TOKENS=$(DEV_TOKENS) $(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
 
 test: install install-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

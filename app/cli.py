@@ -60,10 +60,19 @@ def serve(
     import uvicorn
 
     from app.core.logging import configure_logging
+    from app.core.security import is_loopback_address
     from app.main import check_storage, close_storage, create_app
     from app.storage import build_storage
 
     settings = _settings()
+    address = host or settings.host
+    if settings.dev_tokens and not is_loopback_address(address):
+        typer.echo(
+            f"error: AVATAR_DEV_TOKENS=true is refused on {address}, which is not a loopback "
+            "address: development tokens let anyone sign in as anyone",
+            err=True,
+        )
+        raise typer.Exit(2)
     # The storage is built and checked here, before uvicorn runs the lifespan, so that a
     # missing bucket or refused credentials end in one line instead of uvicorn's traceback.
     try:
@@ -80,7 +89,7 @@ def serve(
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     options = {
-        "host": host or settings.host,
+        "host": address,
         "port": settings.port if port is None else port,
         "proxy_headers": True,
         "server_header": False,

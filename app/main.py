@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     app.include_router(media.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    if settings.env == "development":
+    if settings.dev_tokens:  # only ever explicitly (see Settings._check_dev_tokens)
         app.include_router(web.router)
 
     original_openapi = app.openapi

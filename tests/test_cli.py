@@ -45,6 +45,39 @@ def test_serve_refuses_to_start_in_production_without_secret(tmp_path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--host", "0.0.0.0"], {}),
+        (["--host", "::"], {}),
+        (["--host", "192.0.2.10"], {}),
+        ([], {"AVATAR_HOST": "0.0.0.0"}),
+    ],
+)
+def test_serve_refuses_dev_tokens_on_an_address_others_reach(tmp_path, args, env) -> None:
+    result = run_cli(
+        tmp_path, "serve", "--port", str(free_port()), *args, AVATAR_DEV_TOKENS="true", **env
+    )
+    assert result.returncode == 2, result.stderr
+    assert "AVATAR_DEV_TOKENS" in result.stderr and "loopback" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AVATAR_JWT_SECRET": "configured-" + "s" * 40},
+        {"AVATAR_JWKS_URL": "https://id.example.test/jwks.json"},
+        {"AVATAR_ENV": "production", "AVATAR_JWT_SECRET": "p" * 48},
+    ],
+)
+def test_serve_refuses_dev_tokens_beside_real_keys(tmp_path, env) -> None:
+    result = run_cli(tmp_path, "serve", "--port", str(free_port()), AVATAR_DEV_TOKENS="true", **env)
+    assert result.returncode == 2, result.stderr
+    assert "AVATAR_DEV_TOKENS" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
 def test_migrate_creates_the_schema(tmp_path) -> None:
     result = run_cli(tmp_path, "migrate")
     assert result.returncode == 0, result.stderr

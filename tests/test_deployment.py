@@ -84,3 +84,35 @@ def test_migrate_from_an_installed_package_uses_the_working_directory(tmp_path) 
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "avatar.db").is_file()
+
+
+def image_environment() -> dict[str, str]:
+    """The AVATAR_* variables the Dockerfile's ENV lines set."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    found: dict[str, str] = {}
+    for line in re.findall(r"^ENV\s+(.*)$", text, flags=re.MULTILINE):
+        found.update(re.findall(r"\b(AVATAR_[A-Z0-9_]+)=(\S+)", line))
+    return found
+
+
+def test_the_image_is_production_unless_told_otherwise(tmp_path) -> None:
+    """Run as the image would (its environment, no secret): refused, so no development token
+    or generated secret can ever serve from it; asking for development tokens is refused too."""
+    image = image_environment()
+    assert image["AVATAR_ENV"] == "production"
+    assert "AVATAR_DEV_TOKENS" not in image
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_")}
+    env.update(image)
+    env["AVATAR_DATA_DIR"] = str(tmp_path / "data")
+    for extra in ({}, {"AVATAR_DEV_TOKENS": "true", "AVATAR_JWT_SECRET": "i" * 48}):
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "jwt-secret").exists()

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     jwt_issuer: str = ""
     jwt_audience: str = ""
     token_ttl_seconds: int = Field(default=3600, gt=0)
+    # A token must expire within this many seconds from now, whatever its `exp` claims.
+    jwt_max_lifetime_seconds: int = Field(default=24 * 3600, gt=0)
+    # The try-it page and `POST /dev/token` (a token for any user): a local developer's tool,
+    # only in development, on a loopback address, with the generated secret and no provider.
+    dev_tokens: bool = False
 
     # Uploads per user, as "N/second|minute|hour|day"; empty switches the limit off.
     rate_limit: str = "30/minute"
@@ -174,9 +179,15 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"AVATAR_RATE_LIMIT {self.rate_limit!r} is not like '10/minute'"
                 ) from None
+        if self.token_ttl_seconds > self.jwt_max_lifetime_seconds:
+            raise ValueError(
+                "AVATAR_TOKEN_TTL_SECONDS cannot exceed AVATAR_JWT_MAX_LIFETIME_SECONDS "
+                "(the service would refuse its own tokens)"
+            )
+        if self.dev_tokens:
+            self._check_dev_tokens()
         if self.env == "production":
-            has_public_key = bool(self.jwt_public_key or self.jwks_url)
-            if not self.jwt_secret and not has_public_key:
+            if not self.jwt_secret and not self.has_identity_provider:
                 raise ValueError(
                     "AVATAR_JWT_SECRET (or AVATAR_JWT_PUBLIC_KEY / AVATAR_JWKS_URL) must be set "
                     "when AVATAR_ENV=production (the generated development secret is never "
@@ -188,6 +199,29 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def _check_dev_tokens(self) -> None:
+        """Development tokens are for a developer's own machine: refused wherever they could
+        open a real deployment (the address is checked by ``serve`` and by the endpoint)."""
+        if self.env != "development":
+            raise ValueError("AVATAR_DEV_TOKENS=true is refused unless AVATAR_ENV=development")
+        if self.jwt_secret or self.has_identity_provider:
+            raise ValueError(
+                "AVATAR_DEV_TOKENS=true is refused with AVATAR_JWT_SECRET, AVATAR_JWT_PUBLIC_KEY "
+                "or AVATAR_JWKS_URL set: development tokens never share a real deployment's keys"
+            )
+        if "HS256" not in self.jwt_algorithms:
+            raise ValueError("AVATAR_DEV_TOKENS=true needs HS256 in AVATAR_JWT_ALGORITHMS")
+
+    @property
+    def has_identity_provider(self) -> bool:
+        return bool(self.jwt_public_key or self.jwks_url)
+
+    @property
+    def uses_generated_secret(self) -> bool:
+        """HS256 tokens are signed with the secret generated in the data folder: only in
+        development, when neither a secret nor an identity provider is configured."""
+        return self.env == "development" and not self.jwt_secret and not self.has_identity_provider
+
     @property
     def media_path(self) -> Path:
         assert self.media_root is not None  # set by _derive_defaults
@@ -196,15 +230,21 @@ class Settings(BaseSettings):
     @property
     def hs256_enabled(self) -> bool:
         """HS256 tokens are accepted: allowed, and a secret is set or may be generated."""
-        return "HS256" in self.jwt_algorithms and bool(self.jwt_secret or self.env == "development")
+        return "HS256" in self.jwt_algorithms and bool(
+            self.jwt_secret or self.uses_generated_secret
+        )
 
     def signing_secret(self) -> str:
-        """The HS256 secret: the configured one, or in development one generated once
-        and kept in the data folder, so the server and ``avatar-service token`` agree."""
+        """The HS256 secret: the configured one, or in development without an identity provider
+        one generated once and kept in the data folder, so the server and
+        ``avatar-service token`` agree."""
         if self.jwt_secret:
             return self.jwt_secret
-        if self.env == "production":  # unreachable through the validator; kept as a guard
-            raise ConfigurationError("AVATAR_JWT_SECRET is required in production")
+        if not self.uses_generated_secret:
+            raise ConfigurationError(
+                "AVATAR_JWT_SECRET is not set: HS256 tokens are off (the generated development "
+                "secret is used only in development without an identity provider)"
+            )
         path = self.data_dir / "jwt-secret"
         try:
             return path.read_text().strip()

@@ -11,6 +11,7 @@ checked when configured.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import jwt
@@ -113,3 +114,16 @@ class TokenVerifier:
 def validate_user_id(user_id: str) -> None:
     if not user_id or len(user_id) > MAX_USER_ID_LENGTH or not user_id.isprintable():
         raise ValueError(f"a user id is 1 to {MAX_USER_ID_LENGTH} printable characters")
+
+
+def is_loopback_address(host: str) -> bool:
+    """True for an address only this machine can reach (``127.0.0.0/8``, ``::1``,
+    ``localhost``); false for everything else, wildcard addresses and names included."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or address).is_loopback

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from app.core.config import load_settings
+from app.core.config import ConfigurationError, load_settings
 from app.core.errors import IdentityProviderUnavailable, NotAuthenticated
 from app.core.security import TokenVerifier, create_token
 
@@ -177,8 +177,31 @@ def test_asymmetric_tokens_refused_without_a_key(tmp_path) -> None:
 
 
 def test_service_tokens_still_work_beside_the_idp(tmp_path) -> None:
-    settings = settings_for(tmp_path, jwt_public_key=public_pem(rsa_key()))
+    settings = settings_for(
+        tmp_path, jwt_public_key=public_pem(rsa_key()), jwt_secret="configured-" + "c" * 40
+    )
     assert TokenVerifier(settings).verify(create_token(settings, "carol")) == "carol"
+
+
+@pytest.mark.parametrize("provider", ["public_key", "jwks"])
+def test_the_generated_secret_never_signs_beside_an_identity_provider(
+    tmp_path, jwks: JwksServer, provider: str
+) -> None:
+    """A development data folder has a generated secret; once a provider is configured it is
+    no key at all, so tokens an attacker signs with it (read from a leaked folder, or one left
+    from development) are refused, and the service mints none."""
+    plain = settings_for(tmp_path)
+    generated = plain.signing_secret()  # the folder holds a generated secret
+    key = {"public_key": {"jwt_public_key": public_pem(rsa_key())}, "jwks": {"jwks_url": jwks.url}}
+    settings = settings_for(tmp_path, **key[provider])
+    assert settings.env == "development" and not settings.hs256_enabled
+    verifier = TokenVerifier(settings)
+    assert "HS256" not in verifier.algorithms
+    claims = {"sub": "alice", "exp": int(time.time()) + 60, "iss": ISSUER, "aud": AUDIENCE}
+    with pytest.raises(NotAuthenticated, match="algorithm"):
+        verifier.verify(jwt.encode(claims, generated, algorithm="HS256"))
+    with pytest.raises(ConfigurationError):
+        create_token(settings, "alice")
 
 
 def test_production_with_only_a_jwks_url_starts(tmp_path) -> None:

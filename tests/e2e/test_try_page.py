@@ -47,7 +47,8 @@ def browser():
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[LiveServer]:
-    with live_server(tmp_path) as running:
+    # As `make run` serves it: development tokens on, on loopback, with the generated secret.
+    with live_server(tmp_path, AVATAR_DEV_TOKENS="true") as running:
         yield running
 
 

@@ -1,20 +1,22 @@
-"""The try-it page and its development-only token endpoint.
+"""The try-it page and its development token endpoint.
 
-Registered only when ``AVATAR_ENV=development``: in production neither the page nor
-``/dev/token`` exists (both are 404).
+Registered only with ``AVATAR_DEV_TOKENS=true``, which the settings allow only in development,
+with the generated secret and no identity provider, and ``serve`` only on a loopback address.
+Otherwise neither the page nor ``/dev/token`` exists (both are 404). Even when registered,
+``/dev/token`` answers only clients on a loopback address.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from app.api.deps import SettingsDep
 from app.api.problems import problem_responses
 from app.core.errors import InvalidRequest, ResourceNotFound
-from app.core.security import MAX_USER_ID_LENGTH, create_token
+from app.core.security import MAX_USER_ID_LENGTH, create_token, is_loopback_address
 
 STATIC = Path(__file__).resolve().parents[2] / "web" / "static"
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
@@ -64,10 +66,16 @@ async def try_asset(name: str) -> Response:
 @router.post(
     "/dev/token",
     response_model=DevToken,
-    summary="A token for any user (development only; absent in production)",
-    responses=problem_responses(InvalidRequest),
+    summary="A token for any user (AVATAR_DEV_TOKENS=true only, loopback clients only)",
+    responses=problem_responses(InvalidRequest, ResourceNotFound),
 )
-async def create_dev_token(body: DevTokenRequest, settings: SettingsDep) -> DevToken:
+async def create_dev_token(
+    request: Request, body: DevTokenRequest, settings: SettingsDep
+) -> DevToken:
+    # The server may be reached through a proxy on this machine: the proxy headers (trusted
+    # from loopback only) then name the real client, which must be local too.
+    if request.client is None or not is_loopback_address(request.client.host):
+        raise ResourceNotFound("Development tokens are given to clients on this machine only.")
     try:
         token = create_token(settings, body.user_id)
     except ValueError as exc:
