@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.errors import NotAuthenticated
+from app.core.errors import AvatarNotFound, NotAuthenticated
 from app.core.ratelimit import UploadRateLimiter
-from app.core.security import TokenVerifier
+from app.core.security import TokenVerifier, normalize_user_id
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
 from app.storage.base import Storage
@@ -64,6 +64,18 @@ async def get_current_user(
 
 
 CurrentUser = Annotated[str, Depends(get_current_user)]
+
+
+def get_path_user_id(user_id: str) -> str:
+    """A ``{user_id}`` of the path in its canonical form; no avatar can belong to an id no token
+    could carry (a NUL, a newline, ``/``, ``me``...), so those are 404 before any query."""
+    try:
+        return normalize_user_id(user_id)
+    except ValueError:
+        raise AvatarNotFound("No avatar: that is not a valid user id.") from None
+
+
+PathUserId = Annotated[str, Depends(get_path_user_id)]
 
 
 async def get_uploading_user(request: Request, user_id: CurrentUser) -> str:

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.errors import AppError, AvatarChanged, AvatarNotFound, PayloadTooLarge
-from app.core.security import validate_user_id
+from app.core.security import normalize_user_id
 from app.db.models import Avatar
 from app.imaging.pipeline import CropBox, PipelineOptions, ProcessedImage, process_image
 from app.imaging.pool import WorkerPool
@@ -124,11 +124,12 @@ def plan_import(directory: Path) -> ImportPlan:
             continue
         path = Path(entry.path)
         try:
-            validate_user_id(path.stem)
+            # NFC: a name written on macOS (NFD) is the same user as one typed elsewhere.
+            user_id = normalize_user_id(path.stem)
         except ValueError as exc:
             plan.rejected.append(Outcome(entry.name, INVALID_USER_ID, str(exc)))
             continue
-        by_user.setdefault(path.stem, []).append(path)
+        by_user.setdefault(user_id, []).append(path)
     for user_id, paths in sorted(by_user.items()):
         if len(paths) > 1:
             names = ", ".join(p.name for p in paths)

@@ -63,6 +63,13 @@ def hs256_by_hand(claims: dict, key: bytes, alg: str = "HS256") -> str:
     return f"{signing_input}.{b64(signature)}"
 
 
+def with_header(header: dict, claims: dict) -> str:
+    """Correctly signed with the service's secret, whatever the header says."""
+    signing_input = f"{b64(header)}.{b64(claims)}"
+    signature = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
 def unsigned(claims: dict, alg: str = "none", signature: str = "") -> str:
     return f"{b64({'alg': alg, 'typ': 'JWT'})}.{b64(claims)}.{signature}"
 
@@ -152,6 +159,15 @@ ATTACKS: dict[str, Callable[[Keys], str]] = {
     "issued-in-the-future-iat": lambda k: k.provider_token(iat=int(time.time()) + 3600),
     "exp-not-a-number": lambda k: k.provider_token(exp="tomorrow"),
     "no-exp": lambda k: k.provider_token(exp=DROP),
+    "exp-a-numeric-string": lambda k: k.provider_token(exp=str(int(time.time()) + 600)),
+    "exp-true": lambda k: k.provider_token(exp=True),
+    "exp-1e308-valid-for-ever": lambda k: k.provider_token(exp=1e308),
+    "exp-past-the-lifetime-cap": lambda k: k.provider_token(exp=int(time.time()) + 400 * 86400),
+    "nbf-a-numeric-string": lambda k: k.provider_token(nbf=str(int(time.time()) - 60)),
+    "iat-a-numeric-string": lambda k: k.provider_token(iat=str(int(time.time()))),
+    "alg-a-list": lambda k: with_header({"alg": ["HS256"], "typ": "JWT"}, k.claims()),
+    "alg-an-object": lambda k: with_header({"alg": {"HS256": 1}, "typ": "JWT"}, k.claims()),
+    "kid-an-object": lambda k: with_header({"alg": "HS256", "kid": {"id": 1}}, k.claims()),
     "wrong-audience": lambda k: k.provider_token(aud="another-service"),
     "audience-list-without-us": lambda k: k.provider_token(aud=["a", "b"]),
     "no-audience": lambda k: k.provider_token(aud=DROP),
@@ -165,6 +181,10 @@ ATTACKS: dict[str, Callable[[Keys], str]] = {
     "sub-empty": lambda k: k.provider_token(sub=""),
     "sub-with-a-newline": lambda k: k.provider_token(sub="bob\nadmin"),
     "sub-too-long": lambda k: k.provider_token(sub="b" * 300),
+    "sub-me": lambda k: k.provider_token(sub="me"),
+    "sub-with-a-slash": lambda k: k.provider_token(sub="bob/avatar"),
+    "sub-with-a-nul": lambda k: k.provider_token(sub="bob\x00"),
+    "sub-dot-dot": lambda k: k.provider_token(sub=".."),
     "two-segments": lambda k: ".".join(k.provider_token().split(".")[:2]),
     "header-not-json": lambda k: b64(b"{not json") + "." + k.provider_token().split(".", 1)[1],
     "not-base64": lambda k: "%%%.%%%.%%%",

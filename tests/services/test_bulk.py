@@ -15,6 +15,7 @@ from app.services.bulk import (
     Checkpoint,
     CheckpointMismatch,
     count_users_after,
+    plan_import,
     user_ids_after,
 )
 
@@ -77,3 +78,22 @@ def test_checkpoint_resumes_only_the_run_it_was_made_for(tmp_path: Path) -> None
     again.clear()
     assert not path.exists()
     again.clear()  # clearing twice is fine
+
+
+def test_import_names_are_user_ids_in_nfc(tmp_path: Path) -> None:
+    """A folder written on macOS holds NFD names: the same users as typed elsewhere (NFC), so
+    an NFD and an NFC file for one user are duplicates; names that are no user id are refused."""
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    for name in ("Jose\u0301.jpg", "Zoe\u0308.png", "Zo\u00eb.jpg", "me.jpg"):
+        (folder / name).write_bytes(b"x")
+    plan = plan_import(folder)
+    assert [(item.path.name, item.user_id) for item in plan.files] == [
+        ("Jose\u0301.jpg", "Jos\u00e9")
+    ]
+    codes = {outcome.name: outcome.code for outcome in plan.rejected}
+    assert codes == {
+        "me.jpg": "invalid_user_id",
+        "Zoe\u0308.png": "duplicate_name",
+        "Zo\u00eb.jpg": "duplicate_name",
+    }

@@ -13,6 +13,7 @@ from app.api.caching import client_has, etag_of
 from app.api.deps import (
     BaseUrl,
     CurrentUser,
+    PathUserId,
     PipelineOptionsDep,
     PoolDep,
     SessionsDep,
@@ -332,7 +333,7 @@ async def delete_my_avatar(
     responses={**_READ_RESPONSES, **problem_responses(*_READ_ERRORS)},
 )
 async def read_avatar(
-    user_id: str, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
+    user_id: PathUserId, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
     avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
     return await write(avatar, inline=inline, public=True)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from app.api.caching import client_has, etag_of
-from app.api.deps import PoolDep, SessionsDep, SettingsDep, StorageDep
+from app.api.deps import PathUserId, PoolDep, SessionsDep, SettingsDep, StorageDep
 from app.api.problems import problem_responses
 from app.api.routes.media import MEDIA_CSP
 from app.core import errors
@@ -63,7 +63,7 @@ def _image(request: Request, data: bytes, *, max_age: int, content_type: str) ->
 )
 async def read_avatar_image(
     request: Request,
-    user_id: str,
+    user_id: PathUserId,
     settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,
