@@ -152,12 +152,16 @@ def gc(
         int,
         typer.Option(
             min=0,
-            help="Seconds an unreferenced object is left alone, so uploads in flight are safe.",
+            help="Seconds an unreferenced object or unfinished write is left alone, so uploads "
+            "in flight are safe.",
         ),
     ] = 3600,
-    show: Annotated[bool, typer.Option("--list", help="Print the key of every orphan.")] = False,
+    show: Annotated[
+        bool, typer.Option("--list", help="Print the key of every orphan and unfinished write.")
+    ] = False,
 ) -> None:
-    """Find stored objects no avatar references and avatars whose objects are missing.
+    """Find stored objects no avatar references, unfinished writes (temp files of a killed
+    process) and avatars whose objects are missing.
 
     Exits 0 when all is well; 1 when an avatar points at a missing object, a deletion failed,
     or the database or the store failed during the run; 2 when the configuration is invalid or
@@ -221,6 +225,7 @@ def _print_gc_report(report: GcReport, settings: Settings, *, show_orphans: bool
         ("referenced", report.referenced.count, report.referenced.bytes),
         ("recent, kept (within grace)", report.recent.count, report.recent.bytes),
         ("orphans", len(report.orphans), report.orphan_bytes),
+        ("unfinished writes", len(report.partial), report.partial_bytes),
     ]
     if report.applied:
         rows.append(("deleted", report.deleted.count, report.deleted.bytes))
@@ -230,13 +235,16 @@ def _print_gc_report(report: GcReport, settings: Settings, *, show_orphans: bool
     if show_orphans:
         for obj in report.orphans:
             console.print(f"orphan {obj.key} {obj.size} bytes {obj.modified.isoformat()}")
+        for obj in report.partial:
+            console.print(f"unfinished {obj.key} {obj.size} bytes {obj.modified.isoformat()}")
     for item in report.missing:
         console.print(f"missing {item.key} (avatar of user {item.user_id!r})")
     console.print(f"avatars with missing objects: {len(report.missing)}")
     if report.failed:
         console.print(f"orphans that could not be deleted: {len(report.failed)}")
-    if not report.applied and report.orphans:
-        console.print(f"dry run: nothing deleted; run with --apply to delete {len(report.orphans)}")
+    leftovers = len(report.orphans) + len(report.partial)
+    if not report.applied and leftovers:
+        console.print(f"dry run: nothing deleted; run with --apply to delete {leftovers}")
 
 
 # Bulk work: import a folder, reprocess every avatar, process local files. Progress bars and

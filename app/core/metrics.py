@@ -135,6 +135,12 @@ class InstrumentedStorage:
     def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
         return self.inner.list(prefix)
 
+    def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        return self.inner.list_partial(prefix)
+
+    async def delete_partial(self, name: str) -> None:
+        await self._observe("delete", self.inner.delete_partial(name))
+
     def url(self, key: str, *, base_url: str) -> str:
         return self.inner.url(key, base_url=base_url)
 

@@ -5,6 +5,9 @@ S3-compatible store through an injected boto3 client) and ``MemoryStorage`` (a f
 like httpx's MockTransport). ``get`` raises ``FileNotFoundError`` for a missing key and
 ``StorageUnavailable`` when the store fails; ``delete`` of a missing key is not an error. Keys
 are made by the service, never by clients, and always match ``KEY_PATTERN``.
+
+``list_partial`` and ``delete_partial`` are for ``gc``: writes a killed process left unfinished
+(local temp files). Their names are never keys, so nothing else can reach them.
 """
 
 from __future__ import annotations
@@ -61,8 +64,23 @@ class Storage(Protocol):
 
     def list(self, prefix: str = "") -> AsyncIterator[StoredObject]: ...
 
+    def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        """Unfinished writes under ``prefix`` (none where the store's writes are atomic)."""
+        ...
+
+    async def delete_partial(self, name: str) -> None:
+        """Remove one unfinished write ``list_partial`` named; a missing one is not an error."""
+        ...
+
     def url(self, key: str, *, base_url: str) -> str: ...
 
     async def check(self) -> None:
         """Raise ``StorageUnavailable`` when the store cannot be used."""
         ...
+
+
+async def no_partial_writes() -> AsyncIterator[StoredObject]:
+    """The ``list_partial`` of a store whose writes are atomic: an interrupted put leaves
+    nothing behind."""
+    for obj in ():
+        yield obj

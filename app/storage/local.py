@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,6 +12,9 @@ from pathlib import Path
 import anyio.to_thread
 
 from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
+
+# What ``_put`` names a file while it is written; a dot starts it, so no key can name it.
+TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
 
 
 class LocalStorage:
@@ -35,7 +39,8 @@ class LocalStorage:
     def _put(self, key: str, data: bytes) -> None:
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The temp name starts with a dot, which no valid key does: it can never be served.
+        # The temp name starts with a dot, which no valid key does: it can never be served. A
+        # process killed before the rename leaves it; `gc` finds it (list_partial).
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as handle:
@@ -69,14 +74,16 @@ class LocalStorage:
         except FileNotFoundError:
             return
         path.unlink(missing_ok=True)
-        # Remove folders the key emptied, up to (not including) the root.
-        parent = path.parent
-        while parent != self.root and parent.is_relative_to(self.root):
+        self._remove_empty_folders(path.parent)
+
+    def _remove_empty_folders(self, folder: Path) -> None:
+        """Remove folders a deletion emptied, up to (not including) the root."""
+        while folder != self.root and folder.is_relative_to(self.root):
             try:
-                parent.rmdir()
+                folder.rmdir()
             except OSError:
                 break
-            parent = parent.parent
+            folder = folder.parent
 
     async def exists(self, key: str) -> bool:
         try:
@@ -90,19 +97,48 @@ class LocalStorage:
         for entry in entries:
             yield entry
 
-    def _scan(self, prefix: str) -> list[StoredObject]:
+    def _scan(self, prefix: str, *, partial: bool = False) -> list[StoredObject]:
+        """Objects (or, with ``partial``, temp files) whose name starts with ``prefix``."""
         found = []
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for filename in filenames:
                 path = Path(dirpath, filename)
-                key = path.relative_to(self.root).as_posix()
-                if not key.startswith(prefix) or not is_valid_key(key):
+                name = path.relative_to(self.root).as_posix()
+                if not name.startswith(prefix):
                     continue
-                stat = path.stat()
+                if not (self._is_temp_name(name) if partial else is_valid_key(name)):
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # renamed or deleted since the walk saw it
+                    continue
                 found.append(
-                    StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+                    StoredObject(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
                 )
         return sorted(found, key=lambda obj: obj.key)
+
+    @staticmethod
+    def _is_temp_name(name: str) -> bool:
+        """A temp file ``_put`` made: its exact name, in the root or in a key's folder."""
+        folder, _, filename = name.rpartition("/")
+        return TEMP_NAME.fullmatch(filename) is not None and (not folder or is_valid_key(folder))
+
+    async def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        entries = await anyio.to_thread.run_sync(lambda: self._scan(prefix, partial=True))
+        for entry in entries:
+            yield entry
+
+    async def delete_partial(self, name: str) -> None:
+        await anyio.to_thread.run_sync(self._delete_partial, name)
+
+    def _delete_partial(self, name: str) -> None:
+        if not self._is_temp_name(name):
+            return
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root):
+            return
+        path.unlink(missing_ok=True)
+        self._remove_empty_folders(path.parent)
 
     def url(self, key: str, *, base_url: str) -> str:
         return f"{base_url}/media/{key}"

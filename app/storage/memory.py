@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
+from app.storage.base import StorageUnavailable, StoredObject, is_valid_key, no_partial_writes
 
 
 class MemoryStorage:
@@ -46,6 +46,12 @@ class MemoryStorage:
             if key.startswith(prefix):
                 data, _content_type, modified = self.objects[key]
                 yield StoredObject(key, len(data), modified)
+
+    def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        return no_partial_writes()
+
+    async def delete_partial(self, name: str) -> None:
+        return None
 
     def url(self, key: str, *, base_url: str) -> str:
         return f"{base_url}/media/{key}"

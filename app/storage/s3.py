@@ -33,7 +33,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from app.core.config import ConfigurationError, Settings
-from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
+from app.storage.base import StorageUnavailable, StoredObject, is_valid_key, no_partial_writes
 
 T = TypeVar("T")
 
@@ -204,6 +204,14 @@ class S3Storage:
         if token:
             params["ContinuationToken"] = token
         return self.client.list_objects_v2(**params)
+
+    def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        # One PutObject per object: S3 stores all of it or nothing, so a put cut off by a
+        # killed process leaves no object behind (no multipart upload is ever started).
+        return no_partial_writes()
+
+    async def delete_partial(self, name: str) -> None:
+        return None
 
     def url(self, key: str, *, base_url: str) -> str:
         """``base_url`` (the service's own) is not used: objects are served by S3 or the CDN."""

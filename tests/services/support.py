@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class FaultyStorage:
         self.written: list[str] = []
         self.deleted: list[str] = []
         self.on_delete: Callable[[str], Any] | None = None
+        # Work to do when a listing has been read to its end, or before an ``exists`` answers
+        # (an upload that commits in between, as beside a running gc).
+        self.after_list: Callable[[], Awaitable[Any]] | None = None
+        self.before_exists: Callable[[str], Awaitable[Any]] | None = None
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_put(key):
@@ -65,10 +69,21 @@ class FaultyStorage:
         self.deleted.append(key)
 
     async def exists(self, key: str) -> bool:
+        if self.before_exists is not None:
+            await self.before_exists(key)
         return await self.inner.exists(key)
 
-    def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
-        return self.inner.list(prefix)
+    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        async for obj in self.inner.list(prefix):
+            yield obj
+        if self.after_list is not None:
+            await self.after_list()
+
+    def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        return self.inner.list_partial(prefix)
+
+    async def delete_partial(self, name: str) -> None:
+        await self.inner.delete_partial(name)
 
     def url(self, key: str, *, base_url: str) -> str:
         return self.inner.url(key, base_url=base_url)

@@ -171,6 +171,107 @@ async def test_an_upload_in_flight_survives_gc(world: World) -> None:
     assert final.orphans == [] and final.clean
 
 
+def plant_partial_writes(world: World) -> dict[str, Path]:
+    """Temp files as a process killed in the middle of ``LocalStorage.put`` leaves them: in a
+    key's folder beside finished objects, and alone in a folder of their own."""
+    root = world.settings.media_path
+    document_folder = next(root.glob("avatars/*"))
+    planted = {
+        f"{document_folder.relative_to(root).as_posix()}/.tmp-{'a' * 32}": b"half" * 100,
+        f"avatars/{'c' * 32}/.tmp-{'b' * 32}": b"half an original" * 50,
+    }
+    paths = {}
+    for name, data in planted.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths[name] = path
+    return paths
+
+
+async def test_partial_writes_are_found_and_removed_past_the_grace_period(world: World) -> None:
+    if world.settings.storage != "local":
+        pytest.skip("S3 writes are atomic: a killed put leaves nothing to find")
+    before = await store_snapshot(world.storage)
+    planted = plant_partial_writes(world)
+    root = world.settings.media_path
+    # Dot files that are not the service's temp files are never touched.
+    strangers = [root / "avatars" / ".tmp-notours", root / ".hidden", root / "avatars" / ".tmp-"]
+    for path in strangers:
+        path.write_bytes(b"not ours")
+
+    recent = await world.reconcile(apply=True)  # within the grace period: an upload in flight
+    assert recent.partial == [] and recent.recent.count == len(planted)
+    assert all(path.exists() for path in planted.values())
+
+    dry = await world.reconcile(now=later())
+    assert sorted(obj.key for obj in dry.partial) == sorted(planted)
+    assert dry.partial_bytes == sum(path.stat().st_size for path in planted.values())
+    assert dry.clean and all(path.exists() for path in planted.values())
+
+    applied = await world.reconcile(now=later(), apply=True)
+    assert applied.deleted.count == len(planted) and applied.clean
+    assert not any(path.exists() for path in planted.values())
+    assert not (root / "avatars" / ("c" * 32)).exists(), "the emptied folder is removed"
+    assert all(path.exists() for path in strangers)
+    assert await store_snapshot(world.storage) == before
+
+
+async def test_an_avatar_replaced_during_gc_is_not_reported_missing(world: World) -> None:
+    """Rows are read after the listing, so a key may be checked with ``exists`` after a newer
+    upload replaced its row and deleted it: that is no missing object, and no exit 1."""
+    replaced: list[str] = []
+
+    async def upload_after_the_listing() -> None:
+        world.storage.after_list = None
+        assert (await world.upload("alice")).status_code == 201
+
+    async def replace_before_exists(key: str) -> None:
+        if not replaced:
+            replaced.append(key)
+            assert (await world.upload("alice")).status_code == 201
+
+    world.storage.after_list = upload_after_the_listing
+    world.storage.before_exists = replace_before_exists
+    report = await world.reconcile(now=later())
+    world.storage.before_exists = None
+    assert replaced, "the race was not reached"
+    assert report.missing == [] and report.clean
+    assert report.orphans == []
+
+    # A key the current row still points at is reported as before.
+    document = (await world.client.get("/users/alice/avatar")).json()
+    lost = object_key(document["version"], "thumb")
+    await world.storage.inner.delete(lost)
+    assert (await world.reconcile(now=later())).missing == [MissingObject("alice", lost)]
+
+
+async def test_gc_beside_uploads_crop_changes_and_deletes_never_cries_wolf(world: World) -> None:
+    done = asyncio.Event()
+
+    async def churn() -> None:
+        try:
+            for round_ in range(6):
+                assert (await world.upload("alice")).status_code == 201
+                patch = await world.client.patch(
+                    "/users/me/avatar", headers=world.headers(), json={"crop": "0,0,120,120"}
+                )
+                assert patch.status_code == 200, patch.text
+                if round_ % 2:
+                    delete = await world.client.delete("/users/me/avatar", headers=world.headers())
+                    assert delete.status_code == 204
+        finally:
+            done.set()
+
+    task = asyncio.create_task(churn())
+    runs = 0
+    while not done.is_set() or runs == 0:
+        report = await world.reconcile(now=later())
+        assert report.missing == [], report.missing
+        runs += 1
+    await task
+
+
 async def test_gc_command_dry_run_then_apply(world: World, tmp_path: Path) -> None:
     await world.plant(ORPHANS)
     kept = await referenced(world.storage)

@@ -8,6 +8,7 @@ import sys
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.core.config import Settings
@@ -43,17 +44,23 @@ async def kill_upload_at(settings: Settings, point: str, tmp_path: Path) -> None
     assert child.returncode == -9
 
 
-@pytest.mark.parametrize("point", ["after-puts", "at-commit"])
-async def test_killed_upload_leaves_orphans_that_gc_removes(
-    settings: Settings, point: str, tmp_path: Path
-) -> None:
+async def upload_first_avatar(settings: Settings) -> httpx.Response:
+    """Alice's avatar before the killed upload: the one that must survive it."""
     async with running_app(settings) as (client, auth):
         first = await client.post(
             "/users/me/avatar",
             headers=auth(),
             files={"file": ("a.jpg", jpeg_with_metadata((320, 240)), "image/jpeg")},
         )
-        assert first.status_code == 201
+    assert first.status_code == 201
+    return first
+
+
+@pytest.mark.parametrize("point", ["after-puts", "at-commit"])
+async def test_killed_upload_leaves_orphans_that_gc_removes(
+    settings: Settings, point: str, tmp_path: Path
+) -> None:
+    first = await upload_first_avatar(settings)
     storage = build_storage(settings)
     try:
         store_before = await store_snapshot(storage)
@@ -102,5 +109,39 @@ async def test_killed_upload_leaves_orphans_that_gc_removes(
         if close is not None:
             close()
 
+    async with running_app(settings) as (client, auth):
+        assert (await client.get("/users/me/avatar", headers=auth())).json() == first.json()
+
+
+async def test_a_write_killed_before_its_rename_leaves_a_temp_file_that_gc_removes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    if settings.storage != "local":
+        pytest.skip("S3 writes are atomic: a killed put leaves nothing behind")
+    first = await upload_first_avatar(settings)
+    root = settings.media_path
+    files_before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    table_before = await table_snapshot(settings.database_url)
+
+    await kill_upload_at(settings, "mid-write", tmp_path)
+
+    temp_files = sorted(root.rglob(".tmp-*"))
+    assert len(temp_files) == 1 and temp_files[0].stat().st_size > 0
+    name = temp_files[0].relative_to(root).as_posix()
+
+    code, out, err = await run_cli(settings, "gc", "--list", cwd=tmp_path)
+    assert code == 0, err
+    assert gc_summary(out)["unfinished writes"] == (0, 0)  # fresh: maybe an upload in flight
+    code, out, err = await run_cli(settings, "gc", "--grace", "0", "--list", cwd=tmp_path)
+    assert code == 0, err
+    assert gc_summary(out)["unfinished writes"] == (1, temp_files[0].stat().st_size)
+    assert f"unfinished {name}" in out and "dry run" in out
+    assert temp_files[0].exists()
+
+    code, out, err = await run_cli(settings, "gc", "--grace", "0", "--apply", cwd=tmp_path)
+    assert code == 0, err
+    assert not list(root.rglob(".tmp-*"))
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == files_before
+    assert await table_snapshot(settings.database_url) == table_before
     async with running_app(settings) as (client, auth):
         assert (await client.get("/users/me/avatar", headers=auth())).json() == first.json()

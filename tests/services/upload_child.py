@@ -3,13 +3,15 @@
     python -m tests.services.upload_child POINT IMAGE_FILE
 
 Settings come from the AVATAR_* environment. POINT is ``after-puts`` (every object written, no
-transaction begun) or ``at-commit`` (the row updated inside the transaction, COMMIT not yet
-sent). At the point it prints ``ready`` and waits; the test kills it with SIGKILL.
+transaction begun), ``at-commit`` (the row updated inside the transaction, COMMIT not yet
+sent) or ``mid-write`` (local storage: the first object's temp file written and synced, not yet
+renamed to its key). At the point it prints ``ready`` and waits; the test kills it with SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from app.services.avatars import replace_avatar
 from app.storage import build_storage
 from tests.services.support import FaultyStorage
 
-POINTS = ("after-puts", "at-commit")
+POINTS = ("after-puts", "at-commit", "mid-write")
 
 
 def ready() -> None:
@@ -41,6 +43,16 @@ async def main(point: str, data: bytes) -> None:
     if point == "after-puts":
         # Pause once the last variant is written (the pipeline decides how many there are).
         storage.pause_after_puts = len(process_image(data, options).variants)
+    elif point == "mid-write":
+        rename = os.replace
+
+        def hold_before_rename(source, destination) -> None:
+            if Path(source).name.startswith(".tmp-"):
+                ready()
+                time.sleep(3600)
+            rename(source, destination)
+
+        os.replace = hold_before_rename  # type: ignore[assignment]
     else:
 
         @event.listens_for(engine.sync_engine, "commit")

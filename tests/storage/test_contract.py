@@ -109,3 +109,15 @@ async def test_concurrent_puts_all_land(store: Storage) -> None:
     await asyncio.gather(*(store.put(key, key.encode(), "image/webp") for key in keys))
     assert [obj.key for obj in await listing(store)] == keys
     assert await asyncio.gather(*(store.get(key) for key in keys)) == [k.encode() for k in keys]
+
+
+async def test_finished_writes_leave_no_partial_ones(store: Storage) -> None:
+    """``list_partial`` names only unfinished writes: none after puts and deletes, and
+    ``delete_partial`` never removes an object, whatever name it is given."""
+    await store.put(KEY, b"x" * 1000, "image/webp")
+    await store.put("avatars/feedbeef/thumb.webp", b"y", "image/webp")
+    await store.delete("avatars/feedbeef/thumb.webp")
+    assert [obj async for obj in store.list_partial()] == []
+    for name in (KEY, "avatars/0123456789abcdef", "../outside", ".tmp-" + "0" * 32):
+        await store.delete_partial(name)
+    assert await store.get(KEY) == b"x" * 1000
