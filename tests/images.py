@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 from PIL import Image, ImageCms
 
@@ -109,3 +110,66 @@ def assert_clean_webp(data: bytes, *, markers: tuple[bytes, ...] = ()) -> None:
         assert not image.getexif(), "EXIF readable from output"
     for marker in markers:
         assert marker not in data, f"payload marker {marker!r} in output"
+
+
+# Hostile files: little data, much decoding work ------------------------------------------------
+
+
+def progressive_jpeg_with_scans(scans: int, size: tuple[int, int] = (4096, 4096)) -> bytes:
+    """A progressive JPEG whose first scan header is repeated ``scans`` times with no data: 14
+    bytes a scan, and each one still a pass of libjpeg over every block of the image."""
+    data = encode(Image.new("RGB", size, (120, 90, 60)), "JPEG", progressive=True)
+    start = data.index(b"\xff\xda")
+    header = data[start : start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")]
+    return data[:start] + header * scans + b"\xff\xd9"
+
+
+def jpeg_with_empty_segments(count: int) -> bytes:
+    """A small JPEG with ``count`` empty comment segments (4 bytes each) before its frame."""
+    data = encode(Image.new("RGB", (64, 64), (10, 200, 30)), "JPEG")
+    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_empty_chunks(count: int) -> bytes:
+    """A small PNG with ``count`` empty private chunks (12 bytes each) before its pixels."""
+    data = encode(Image.new("RGB", (64, 64), (10, 200, 30)), "PNG")
+    first = data.index(b"IDAT") - 4
+    return data[:first] + png_chunk(b"abCd", b"") * count + data[first:]
+
+
+def gif_with_comment_blocks(count: int) -> bytes:
+    """A small GIF with a comment of ``count`` one-byte sub-blocks before its frame."""
+    data = encode(Image.new("P", (16, 16)), "GIF")
+    frame = data.index(b"\x2c")
+    return data[:frame] + b"\x21\xfe" + b"\x01a" * count + b"\x00" + data[frame:]
+
+
+def gif_with_a_frame_past_its_screen(
+    frame: tuple[int, int], screen: tuple[int, int] = (16, 16)
+) -> bytes:
+    """A GIF whose logical screen is ``screen`` and whose second frame is ``frame`` large:
+    decoders grow the canvas to hold it. The frame's pixels are one LZW clear code and the end
+    code, so the file stays tiny whatever the frame's size."""
+    palette = b"\x00\x00\x00\xff\xff\xff"
+    header = b"GIF89a" + struct.pack("<HH", *screen) + b"\x80\x00\x00" + palette
+
+    def descriptor(size: tuple[int, int]) -> bytes:
+        return b"\x2c" + struct.pack("<HHHH", 0, 0, *size) + b"\x00" + b"\x02\x02\x44\x01\x00"
+
+    return header + descriptor(screen) + descriptor(frame) + b"\x3b"
+
+
+def jpeg_with_xmp_orientation(orientation: int) -> bytes:
+    """``upright_marker()`` as it is, with no EXIF and an XMP ``tiff:Orientation``: browsers
+    ignore XMP orientation and show the picture upright."""
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        b'tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>' % orientation
+    )
+    return encode(upright_marker(), "JPEG", xmp=xmp, quality=95)
