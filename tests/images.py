@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
+import resource
 import struct
+import time
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 from PIL import Image, ImageCms
 
@@ -151,16 +156,12 @@ def gif_with_comment_blocks(count: int) -> bytes:
 def gif_with_a_frame_past_its_screen(
     frame: tuple[int, int], screen: tuple[int, int] = (16, 16)
 ) -> bytes:
-    """A GIF whose logical screen is ``screen`` and whose second frame is ``frame`` large:
-    decoders grow the canvas to hold it. The frame's pixels are one LZW clear code and the end
-    code, so the file stays tiny whatever the frame's size."""
-    palette = b"\x00\x00\x00\xff\xff\xff"
-    header = b"GIF89a" + struct.pack("<HH", *screen) + b"\x80\x00\x00" + palette
-
-    def descriptor(size: tuple[int, int]) -> bytes:
-        return b"\x2c" + struct.pack("<HHHH", 0, 0, *size) + b"\x00" + b"\x02\x02\x44\x01\x00"
-
-    return header + descriptor(screen) + descriptor(frame) + b"\x3b"
+    """A GIF whose first frame fills its ``screen`` and whose second frame is ``frame`` large:
+    decoders grow the canvas to hold it. The second frame's pixels are one LZW clear code and
+    the end code, so the file stays tiny whatever the frame's size."""
+    data = encode(Image.new("P", screen), "GIF")
+    second = b"\x2c" + struct.pack("<HHHH", 0, 0, *frame) + b"\x00" + b"\x02\x02\x44\x01\x00"
+    return data[:-1] + second + data[-1:]
 
 
 def jpeg_with_xmp_orientation(orientation: int) -> bytes:
@@ -173,3 +174,37 @@ def jpeg_with_xmp_orientation(orientation: int) -> bytes:
         b'tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>' % orientation
     )
     return encode(upright_marker(), "JPEG", xmp=xmp, quality=95)
+
+
+# Work measured -----------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    assert match, field
+    return int(match.group(1))
+
+
+def _reset_peak_memory() -> bool:
+    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def measured(func: Callable[..., object], *args: object) -> tuple[object, float, float]:
+    """(the result or the ImageError, seconds, peak MB above the start) of ``func(*args)``."""
+    from app.core.errors import ImageError
+
+    precise = _reset_peak_memory()
+    before_kib = _status_kib("VmRSS") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
+    started = time.perf_counter()
+    try:
+        outcome: object = func(*args)
+    except ImageError as exc:
+        outcome = exc
+    seconds = time.perf_counter() - started
+    peak_kib = _status_kib("VmHWM") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
+    return outcome, seconds, max(peak_kib - before_kib, 0) / 1024

@@ -10,8 +10,9 @@ fixed order; every one treats the input as hostile:
                     of Python)
 2. ``open_image``   Pillow opened with only that format allowed; header parsed, no pixels yet
 3. ``check_size``   width x height, each side, and for animations frames x width x height,
-                    from the headers, before any pixel is decoded; the canvas is the one every
-                    frame fits in (a GIF frame may reach past its logical screen)
+                    from the headers, before any pixel is decoded; a GIF frame that reaches
+                    past the logical screen (decoders would grow the canvas for it, to any
+                    size) ends the animation before it, undecoded
 4. ``decode``       the first frame; a JPEG larger than every output is decoded DCT-scaled
                     (``draft``); any decoder exception becomes ``CorruptImage``
 5. ``inspect``      after ``load()``: the EXIF orientation (never XMP's, which browsers ignore),
@@ -328,11 +329,12 @@ def check_declared_sizes(data: bytes, source_format: str, options: PipelineOptio
 
 
 class GifLayout(NamedTuple):
-    """Image descriptors counted (at most one past the limit) and the canvas they reach: the
-    logical screen, grown to every frame's right and bottom edge as decoders grow it."""
+    """Image descriptors counted (at most one past the limit), and how many of them, from the
+    first, lie inside the logical screen. Decoders grow the canvas to hold a frame that reaches
+    past it: a 16x16 screen with a 12000x12000 frame would cost gigabytes."""
 
     frames: int
-    canvas: tuple[int, int]
+    inside_screen: int
 
 
 def check_structure(data: bytes, source_format: str, options: PipelineOptions) -> GifLayout | None:
@@ -408,16 +410,17 @@ def png_chunk_count(data: bytes, *, limit: int) -> int:
 
 
 def gif_layout(data: bytes, *, limit: int, blocks: int) -> tuple[GifLayout, int]:
-    """Image descriptors of a GIF and the canvas they reach, read from its block structure
-    without decoding, and the sub-blocks walked. Stops once past ``limit`` frames or past
+    """Image descriptors of a GIF and where they lie, read from its block structure without
+    decoding, and the sub-blocks walked. Stops once past ``limit`` frames or past
     ``blocks`` sub-blocks. Ends quietly at anything malformed: the decoder has the last word."""
     if len(data) < 13:
-        return GifLayout(1, (0, 0)), 0
-    width, height = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+        return GifLayout(1, 1), 0
+    width, height = struct.unpack_from("<2H", data, 6)
     position = 13
     if data[10] & 0x80:  # global colour table
         position += 3 << ((data[10] & 7) + 1)
     frames = walked = 0
+    inside: int | None = None
     end = len(data)
     while position < end and frames <= limit and walked <= blocks:
         block = data[position]
@@ -427,7 +430,8 @@ def gif_layout(data: bytes, *, limit: int, blocks: int) -> tuple[GifLayout, int]
                 break
             frames += 1
             left, top, w, h = struct.unpack_from("<4H", data, position)
-            width, height = max(width, left + w), max(height, top + h)
+            if inside is None and (left + w > width or top + h > height):
+                inside = frames - 1
             flags = data[position + 8]
             position += 9
             if flags & 0x80:  # local colour table
@@ -439,7 +443,7 @@ def gif_layout(data: bytes, *, limit: int, blocks: int) -> tuple[GifLayout, int]
         else:  # trailer or garbage
             break
         walked += count
-    return GifLayout(max(frames, 1), (width, height)), walked
+    return GifLayout(max(frames, 1), frames if inside is None else inside), walked
 
 
 def _skip_sub_blocks(data: bytes, position: int, limit: int) -> tuple[int, int]:
@@ -492,21 +496,20 @@ def check_size(size: tuple[int, int], options: PipelineOptions, frames: int = 1)
 
 
 def count_frames(image: Image.Image, gif: GifLayout | None, options: PipelineOptions) -> int:
-    """Frames of an animation, from the headers, checked against the limits before decoding.
-    A GIF's are counted by ``check_structure``, with the canvas all its frames need."""
+    """Frames of an animation to decode, from the headers, checked against the limits before
+    decoding. A GIF's are counted by ``check_structure``; they end before the first frame that
+    reaches past the logical screen. APNG and WebP frames must lie inside their canvas (Pillow
+    and libwebp refuse others before decoding them); AVIF frames are all the canvas's size."""
     if image.format not in ANIMATED_FORMATS:
         return 1
-    canvas = image.size
     try:
-        if gif is not None:
-            frames = gif.frames
-            canvas = (max(canvas[0], gif.canvas[0]), max(canvas[1], gif.canvas[1]))
-        else:
-            frames = int(getattr(image, "n_frames", 1))
+        frames = gif.frames if gif is not None else int(getattr(image, "n_frames", 1))
     except Exception:
         raise CorruptImage("The animation's frames cannot be read.") from None
     frames = max(frames, 1)
-    check_size(canvas, options, frames)
+    check_size(image.size, options, frames)
+    if gif is not None:
+        frames = min(frames, max(gif.inside_screen, 1))
     return frames
 
 
