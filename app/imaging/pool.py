@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -52,6 +53,16 @@ T = TypeVar("T")
 PRELOAD = ["__main__", "app.imaging.pool", "app.imaging.pipeline"]
 # How often a dispatcher thread waiting on its worker looks whether the request was cancelled.
 CANCEL_POLL_SECONDS = 0.05
+
+
+# A worker forked from the forkserver runs the ``python -m`` main module's own lines again (as
+# ``__mp_main__``) after ``preload`` imported it under its name; runpy warns about exactly that.
+warnings.filterwarnings(
+    "ignore",
+    message=r"'.*' found in sys\.modules after import of package",
+    category=RuntimeWarning,
+    module="runpy",
+)
 
 
 def preload() -> list[str]:
