@@ -14,7 +14,12 @@ from PIL import Image
 from app.imaging import pipeline
 from tests.bodies import CountingBody
 from tests.conftest import make_settings, running_app, stored_files
-from tests.images import assert_clean_webp, encode, jpeg_with_metadata
+from tests.images import (
+    assert_clean_webp,
+    encode,
+    jpeg_with_metadata,
+    progressive_jpeg_with_scans,
+)
 from tests.workers import Hold
 
 PROBLEM = "application/problem+json"
@@ -244,6 +249,30 @@ async def test_healthz_answers_while_uploads_are_processed(
 
 
 # Storage of the report ------------------------------------------------------------------------
+
+
+# Work bounded: too complex to decode, or past the job deadline -----------------------------------
+
+
+async def test_a_jpeg_of_countless_scans_is_422_and_changes_nothing(client, auth, settings) -> None:
+    first = await upload(client, auth, jpeg_with_metadata())
+    assert first.status_code == 201
+    before = sorted(stored_files(settings))
+    response = await upload(client, auth, progressive_jpeg_with_scans(20_000))
+    assert_problem(response, 422, "image_too_complex")
+    assert sorted(stored_files(settings)) == before
+    kept = await client.get("/users/me/avatar", headers=auth())
+    assert kept.json()["avatar_url"] == first.json()["avatar_url"]
+
+
+async def test_a_job_past_its_deadline_is_422_and_changes_nothing(tmp_path, sqlite_url) -> None:
+    settings = make_settings(tmp_path, database_url=sqlite_url, image_job_timeout=0.001)
+    async with running_app(settings) as (client, auth):
+        response = await upload(client, auth, jpeg_with_metadata((2000, 1500)))
+        assert_problem(response, 422, "image_too_complex")
+        assert "longer than 0.001 s" in response.json()["detail"]
+        assert stored_files(settings) == []
+        assert (await client.get("/users/me/avatar", headers=auth())).status_code == 404
 
 
 def test_report_columns_migrate_up_and_down(tmp_path) -> None:
