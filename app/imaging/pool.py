@@ -11,8 +11,7 @@ The pool admits at most ``workers + queue_size`` jobs; one more is refused at on
 its place with ``with pool.reserve():`` *before* it reads the upload body, so a refused request
 has read nothing; ``run()`` inside that block uses the place taken. A place is given back only
 when its job has really stopped: finished, or its worker killed and reaped. A request cancelled
-mid-job (the client went away) has its worker killed at once rather than left to finish work
-nobody will read.
+mid-job has its worker killed at once rather than left to finish work nobody will read.
 
 Each worker is owned by one dispatcher thread, with a pipe of its own: a worker killed mid-job
 can leave no shared lock or queue behind (Pebble's process pool shares one channel between its
