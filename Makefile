@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.pipeline --wins
 	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.pool
 
 # 100 clients upload a 10 MB photo at once to a server started for it (SECURITY.md); exits
 # non-zero when a rule breaks. CI runs a reduced version (tests/security/test_stress.py).

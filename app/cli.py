@@ -616,9 +616,8 @@ def process(
     """
     from app.core.errors import InvalidCrop
     from app.imaging.pipeline import parse_crop
-    from app.imaging.pool import WorkerPool
     from app.services.bulk import process_files
-    from app.services.runtime import pipeline_options
+    from app.services.runtime import pipeline_options, worker_pool
 
     try:
         box = parse_crop(crop) if crop is not None else None
@@ -629,7 +628,7 @@ def process(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _fail(f"the output folder {out} cannot be made: {exc.strerror}", 2) from None
-    pool = WorkerPool(settings.workers, 0)
+    pool = worker_pool(settings, queue_size=0)
 
     async def work() -> ProcessReport:
         with _ProgressBar("process") as bar:

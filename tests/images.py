@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
+import resource
 import struct
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 from PIL import Image, ImageCms
 
@@ -109,3 +115,96 @@ def assert_clean_webp(data: bytes, *, markers: tuple[bytes, ...] = ()) -> None:
         assert not image.getexif(), "EXIF readable from output"
     for marker in markers:
         assert marker not in data, f"payload marker {marker!r} in output"
+
+
+# Hostile files: little data, much decoding work ------------------------------------------------
+
+
+def progressive_jpeg_with_scans(scans: int, size: tuple[int, int] = (4096, 4096)) -> bytes:
+    """A progressive JPEG whose first scan header is repeated ``scans`` times with no data: 14
+    bytes a scan, and each one still a pass of libjpeg over every block of the image."""
+    data = encode(Image.new("RGB", size, (120, 90, 60)), "JPEG", progressive=True)
+    start = data.index(b"\xff\xda")
+    header = data[start : start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")]
+    return data[:start] + header * scans + b"\xff\xd9"
+
+
+def jpeg_with_empty_segments(count: int) -> bytes:
+    """A small JPEG with ``count`` empty comment segments (4 bytes each) before its frame."""
+    data = encode(Image.new("RGB", (64, 64), (10, 200, 30)), "JPEG")
+    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_empty_chunks(count: int) -> bytes:
+    """A small PNG with ``count`` empty private chunks (12 bytes each) before its pixels."""
+    data = encode(Image.new("RGB", (64, 64), (10, 200, 30)), "PNG")
+    first = data.index(b"IDAT") - 4
+    return data[:first] + png_chunk(b"abCd", b"") * count + data[first:]
+
+
+def gif_with_comment_blocks(count: int) -> bytes:
+    """A small GIF with a comment of ``count`` one-byte sub-blocks before its frame."""
+    data = encode(Image.new("P", (16, 16)), "GIF")
+    frame = data.index(b"\x2c")
+    return data[:frame] + b"\x21\xfe" + b"\x01a" * count + b"\x00" + data[frame:]
+
+
+def gif_with_a_frame_past_its_screen(
+    frame: tuple[int, int], screen: tuple[int, int] = (16, 16)
+) -> bytes:
+    """A GIF whose first frame fills its ``screen`` and whose second frame is ``frame`` large:
+    decoders grow the canvas to hold it. The second frame's pixels are one LZW clear code and
+    the end code, so the file stays tiny whatever the frame's size."""
+    data = encode(Image.new("P", screen), "GIF")
+    second = b"\x2c" + struct.pack("<HHHH", 0, 0, *frame) + b"\x00" + b"\x02\x02\x44\x01\x00"
+    return data[:-1] + second + data[-1:]
+
+
+def jpeg_with_xmp_orientation(orientation: int) -> bytes:
+    """``upright_marker()`` as it is, with no EXIF and an XMP ``tiff:Orientation``: browsers
+    ignore XMP orientation and show the picture upright."""
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        b'tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>' % orientation
+    )
+    return encode(upright_marker(), "JPEG", xmp=xmp, quality=95)
+
+
+# Work measured -----------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    assert match, field
+    return int(match.group(1))
+
+
+def _reset_peak_memory() -> bool:
+    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def measured(func: Callable[..., object], *args: object) -> tuple[object, float, float]:
+    """(the result or the ImageError, seconds, peak MB above the start) of ``func(*args)``."""
+    from app.core.errors import ImageError
+
+    precise = _reset_peak_memory()
+    before_kib = _status_kib("VmRSS") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
+    started = time.perf_counter()
+    try:
+        outcome: object = func(*args)
+    except ImageError as exc:
+        outcome = exc
+    seconds = time.perf_counter() - started
+    peak_kib = _status_kib("VmHWM") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
+    return outcome, seconds, max(peak_kib - before_kib, 0) / 1024

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     queue_size: int = Field(default=16, ge=0)
+    # Seconds of work an image job may take (queueing excluded); then its worker process is
+    # killed and replaced, and the upload is refused with 422 image_too_complex.
+    image_job_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("thumbnail_sizes", "allowed_formats", mode="before")
     @classmethod

@@ -23,6 +23,8 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     │   ├── TooManyPixels           422 too_many_pixels
     │   ├── DimensionsTooLarge      422 dimensions_too_large
     │   ├── TooManyFrames           422 too_many_frames
+    │   ├── ImageTooComplex         422 image_too_complex (too many scans or chunks, or past
+    │   │                               the image job deadline)
     │   └── InvalidCrop             422 invalid_crop
     ├── RateLimited                 429 rate_limited (with Retry-After)
     ├── ServerBusy                  503 server_busy (with Retry-After)
@@ -175,6 +177,14 @@ class DimensionsTooLarge(ImageError):
 class TooManyFrames(ImageError):
     code = "too_many_frames"
     title = "Too many frames"
+
+
+class ImageTooComplex(ImageError):
+    """More decoding work than any real picture needs: a JPEG with hundreds of scans, a file of
+    countless tiny chunks, or a job still running at the deadline."""
+
+    code = "image_too_complex"
+    title = "Image too complex"
 
 
 class InvalidCrop(ImageError):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.storage.base import Storage, StoredObject
-
-T = TypeVar("T")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -73,32 +71,6 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
-
-    def timed(self, func: Callable[..., T]) -> Callable[..., T]:
-        """Wrap a function run in a worker so that only its own run time is observed."""
-
-        def run(*args: Any, **kwargs: Any) -> T:
-            start = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                self.processing_seconds.observe(time.perf_counter() - start)
-
-        return run
-
-
-class InstrumentedPool:
-    """A worker pool whose jobs record their run time (queueing excluded)."""
-
-    def __init__(self, inner: Any, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self.inner.run(self.metrics.timed(func), *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class InstrumentedStorage:

@@ -4,12 +4,19 @@ Pure: no I/O besides memory, no HTTP, no database. ``process_image`` runs these 
 fixed order; every one treats the input as hostile:
 
 1. ``sniff``        type by content (magic bytes), never by name; checked against the allow-list
+   ``check_structure`` the container walked without decoding: a JPEG's scans and segments, a
+                    PNG's chunks, a GIF's blocks and every GIF frame's extent; far more than any
+                    real picture has is ``ImageTooComplex`` (each costs a decoder pass or a step
+                    of Python)
 2. ``open_image``   Pillow opened with only that format allowed; header parsed, no pixels yet
 3. ``check_size``   width x height, each side, and for animations frames x width x height,
-                    from the headers, before any pixel is decoded
+                    from the headers, before any pixel is decoded; a GIF frame that reaches
+                    past the logical screen (decoders would grow the canvas for it, to any
+                    size) ends the animation before it, undecoded
 4. ``decode``       the first frame; a JPEG larger than every output is decoded DCT-scaled
                     (``draft``); any decoder exception becomes ``CorruptImage``
-5. ``inspect``      after ``load()``: the EXIF orientation, and the report of what is removed
+5. ``inspect``      after ``load()``: the EXIF orientation (never XMP's, which browsers ignore),
+                    and the report of what is removed
 6. ``orient``       EXIF orientation applied by transposing pixels
 7. ``to_srgb``      embedded ICC profile converted to sRGB; 16-bit, palette, grey -> 8-bit RGB(A);
                     the image leaves with an empty ``info``: nothing read from the file survives
@@ -27,6 +34,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -37,6 +46,7 @@ from PIL import ExifTags, Image, ImageCms, ImageFile
 from app.core.errors import (
     CorruptImage,
     DimensionsTooLarge,
+    ImageTooComplex,
     InvalidCrop,
     TooManyFrames,
     TooManyPixels,
@@ -88,6 +98,17 @@ DRAWING_PIXELS = 128 * 128
 LOSSLESS_MAX_PIXELS = 1024 * 1024
 LOSSLESS_EFFORT, LOSSLESS_METHOD = 50, 2
 EXACT_BUDGET = 4096
+# Decoding work bounds, far above what real files have (the shared test corpus of 643 files: at
+# most 11 scans and 32 segments in a JPEG). Each progressive scan is a pass of the decoder over
+# the whole image, even one of a few bytes; every segment, chunk or sub-block is a step of Python
+# in Pillow's parsers. libjpeg writes 10 scans, mozjpeg about a dozen.
+MAX_JPEG_SCANS = 100
+MAX_JPEG_SEGMENTS = 1000
+# PNG chunks and GIF sub-blocks: real encoders write kilobytes a chunk (PNG) and 255 bytes a
+# sub-block (GIF); a file of empty chunks or 1-byte sub-blocks has one every few bytes.
+BLOCKS_BASE = 4096
+BYTES_PER_BLOCK = 64
+
 # resize() first shrinks by an integer factor with reduce() until the image is within this
 # factor of the target, then resamples with Lanczos: same look, a fraction of the work.
 REDUCING_GAP = 3.0
@@ -138,6 +159,11 @@ _DATETIME_TAGS = frozenset({0x0132, 0x9003, 0x9004})  # DateTime, DateTimeOrigin
 _STRUCTURE_TAGS = frozenset({_EXIF_ORIENTATION_TAG, 0x8769, 0x8825, 0xA005})
 
 _PNG_XMP = "XML:com.adobe.xmp"
+# A JPEG marker in entropy-coded data: 0xFF followed by neither a stuffed zero, a restart marker
+# nor a fill byte.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7: no length
+_JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
 
 
 class CropBox(NamedTuple):
@@ -217,10 +243,11 @@ def process_image(
     options = options or PipelineOptions()
     source_format = sniff(data, options.formats)
     check_declared_sizes(data, source_format, options)
+    gif = check_structure(data, source_format, options)
     image = open_image(data, source_format)
     full_size = image.size
     check_size(full_size, options)
-    frame_count = count_frames(image, data, options)
+    frame_count = count_frames(image, gif, options)
 
     draft(image, crop, options)
     decode(image)
@@ -251,6 +278,16 @@ def process_image(
         frames=len(rendered),
         placeholder=make_placeholder(rendered[0].squares[-1]),
     )
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Make Pillow itself refuse what ``check_size`` refuses: its pixel limit (a process-wide
+    global, set once per process where the settings are applied: in each image worker and in
+    the server) becomes ``max_pixels``, and its warning above that limit an error (by default
+    it only warns up to twice its limit). ``check_size`` refuses first, from the headers and
+    for every frame; this is the second line, for any size Pillow meets while decoding."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 # 1. sniff ---------------------------------------------------------------------------------------
@@ -291,14 +328,144 @@ def check_declared_sizes(data: bytes, source_format: str, options: PipelineOptio
         )
 
 
+class GifLayout(NamedTuple):
+    """Image descriptors counted (at most one past the limit), and how many of them, from the
+    first, lie inside the logical screen. Decoders grow the canvas to hold a frame that reaches
+    past it: a 16x16 screen with a 12000x12000 frame would cost gigabytes."""
+
+    frames: int
+    inside_screen: int
+
+
+def check_structure(data: bytes, source_format: str, options: PipelineOptions) -> GifLayout | None:
+    """Walk the container without decoding, and refuse more decoding work than any real
+    picture needs (``ImageTooComplex``). Returns a GIF's frames and canvas."""
+    budget = BLOCKS_BASE + len(data) // BYTES_PER_BLOCK
+    if source_format == "JPEG":
+        check_jpeg_scans(data)
+    elif source_format == "PNG":
+        if png_chunk_count(data, limit=budget) > budget:
+            raise ImageTooComplex("The PNG is made of too many chunks.")
+    elif source_format == "GIF":
+        layout, blocks = gif_layout(data, limit=options.max_frames, blocks=budget)
+        if blocks > budget:
+            raise ImageTooComplex("The GIF is made of too many blocks.")
+        return layout
+    return None
+
+
+def check_jpeg_scans(data: bytes) -> None:
+    """Count the scans (SOS markers) and segments of the first picture, up to its EOI."""
+    scans, segments = jpeg_scan_count(data, segment_limit=MAX_JPEG_SEGMENTS)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooComplex(
+            f"The JPEG has more than {MAX_JPEG_SCANS} scans; each is a pass over the image."
+        )
+    if segments > MAX_JPEG_SEGMENTS:
+        raise ImageTooComplex(f"The JPEG has more than {MAX_JPEG_SEGMENTS} segments.")
+
+
+def jpeg_scan_count(data: bytes, *, segment_limit: int) -> tuple[int, int]:
+    """(scans, segments) of the first picture, stopping once past ``segment_limit`` segments.
+    Entropy-coded data is skipped with one regular-expression search a scan, and garbage
+    between segments as libjpeg skips it; anything malformed ends the walk quietly (the
+    decoder has the last word)."""
+    position, scans, segments, end = 2, 0, 0, len(data)
+    while position + 4 <= end and segments <= segment_limit:
+        if data[position] != 0xFF:
+            found = _JPEG_MARKER.search(data, position)
+            if found is None:
+                break
+            position = found.start()
+            continue
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == _JPEG_EOI:
+            break
+        if marker in _JPEG_STANDALONE:
+            position += 2
+            continue
+        segments += 1
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == _JPEG_SOS:
+            scans += 1
+            found = _JPEG_MARKER.search(data, position)
+            if found is None:
+                break
+            position = found.start()
+    return scans, segments
+
+
+def png_chunk_count(data: bytes, *, limit: int) -> int:
+    """Chunks of a PNG up to IEND, from their length fields; stops once past ``limit``."""
+    position, chunks, end = 8, 0, len(data)
+    while position + 8 <= end and chunks <= limit:
+        chunks += 1
+        if data[position + 4 : position + 8] == b"IEND":
+            break
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    return chunks
+
+
+def gif_layout(data: bytes, *, limit: int, blocks: int) -> tuple[GifLayout, int]:
+    """Image descriptors of a GIF and where they lie, read from its block structure without
+    decoding, and the sub-blocks walked. Stops once past ``limit`` frames or past
+    ``blocks`` sub-blocks. Ends quietly at anything malformed: the decoder has the last word."""
+    if len(data) < 13:
+        return GifLayout(1, 1), 0
+    width, height = struct.unpack_from("<2H", data, 6)
+    position = 13
+    if data[10] & 0x80:  # global colour table
+        position += 3 << ((data[10] & 7) + 1)
+    frames = walked = 0
+    inside: int | None = None
+    end = len(data)
+    while position < end and frames <= limit and walked <= blocks:
+        block = data[position]
+        position += 1
+        if block == 0x2C:  # image descriptor: left, top, width, height, flags
+            if position + 9 > end:
+                break
+            frames += 1
+            left, top, w, h = struct.unpack_from("<4H", data, position)
+            if inside is None and (left + w > width or top + h > height):
+                inside = frames - 1
+            flags = data[position + 8]
+            position += 9
+            if flags & 0x80:  # local colour table
+                position += 3 << ((flags & 7) + 1)
+            # after the LZW code size
+            position, count = _skip_sub_blocks(data, position + 1, blocks - walked)
+        elif block == 0x21:  # extension: label, then sub-blocks
+            position, count = _skip_sub_blocks(data, position + 1, blocks - walked)
+        else:  # trailer or garbage
+            break
+        walked += count
+    return GifLayout(max(frames, 1), frames if inside is None else inside), walked
+
+
+def _skip_sub_blocks(data: bytes, position: int, limit: int) -> tuple[int, int]:
+    """Past a run of sub-blocks and its terminator; stops once past ``limit`` of them."""
+    end, count = len(data), 0
+    while position < end and count <= limit:
+        size = data[position]
+        position += 1 + size
+        count += 1
+        if size == 0:
+            break
+    return position, count
+
+
 # 2. open ----------------------------------------------------------------------------------------
 
 
 def open_image(data: bytes, source_format: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=[source_format])
-    # Pillow errors at twice its own limit and only warns below that; check_size() covers the
-    # rest. The warning is caught too for when warnings are errors (as under the tests).
+    # Pillow warns over its limit and errors at twice it; ``configure_pillow`` makes the
+    # warning an error at the service's own limit.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooManyPixels("The image declares more pixels than are allowed.") from None
     except Exception:  # hostile headers raise many types; all mean the same to the client
@@ -328,60 +495,22 @@ def check_size(size: tuple[int, int], options: PipelineOptions, frames: int = 1)
         )
 
 
-def count_frames(image: Image.Image, data: bytes, options: PipelineOptions) -> int:
-    """Frames of an animation, from the headers, checked against the limits before decoding."""
+def count_frames(image: Image.Image, gif: GifLayout | None, options: PipelineOptions) -> int:
+    """Frames of an animation to decode, from the headers, checked against the limits before
+    decoding. A GIF's are counted by ``check_structure``; they end before the first frame that
+    reaches past the logical screen. APNG and WebP frames must lie inside their canvas (Pillow
+    and libwebp refuse others before decoding them); AVIF frames are all the canvas's size."""
     if image.format not in ANIMATED_FORMATS:
         return 1
     try:
-        if image.format == "GIF":
-            # Pillow's n_frames walks every frame of the file: count only as far as the limit.
-            frames = gif_frame_count(data, limit=options.max_frames)
-        else:
-            frames = int(getattr(image, "n_frames", 1))
+        frames = gif.frames if gif is not None else int(getattr(image, "n_frames", 1))
     except Exception:
         raise CorruptImage("The animation's frames cannot be read.") from None
     frames = max(frames, 1)
     check_size(image.size, options, frames)
+    if gif is not None:
+        frames = min(frames, max(gif.inside_screen, 1))
     return frames
-
-
-def gif_frame_count(data: bytes, *, limit: int) -> int:
-    """Image descriptors in a GIF, read from its block structure without decoding; stops once
-    past ``limit``. Ends quietly at anything malformed: the decoder has the last word."""
-    if len(data) < 13:
-        return 1
-    position = 13
-    if data[10] & 0x80:  # global colour table
-        position += 3 << ((data[10] & 7) + 1)
-    frames = 0
-    end = len(data)
-    while position < end and frames <= limit:
-        block = data[position]
-        position += 1
-        if block == 0x2C:  # image descriptor
-            if position + 9 > end:
-                break
-            frames += 1
-            flags = data[position + 8]
-            position += 9
-            if flags & 0x80:  # local colour table
-                position += 3 << ((flags & 7) + 1)
-            position = _skip_sub_blocks(data, position + 1)  # after the LZW code size
-        elif block == 0x21:  # extension: label, then sub-blocks
-            position = _skip_sub_blocks(data, position + 1)
-        else:  # trailer or garbage
-            break
-    return max(frames, 1)
-
-
-def _skip_sub_blocks(data: bytes, position: int) -> int:
-    end = len(data)
-    while position < end:
-        size = data[position]
-        position += 1 + size
-        if size == 0:
-            break
-    return position
 
 
 # 4. decode --------------------------------------------------------------------------------------
@@ -479,8 +608,6 @@ def inspect(image: Image.Image) -> tuple[int, set[str]]:
     ``to_srgb``: a profile converted, then dropped) or ``icc`` (an unusable profile dropped).
     """
     info = image.info
-    # Pillow's getexif() also reads an orientation kept only in XMP or in ImageMagick's PNG text
-    # profile; after load() it decodes nothing.
     orientation, removed = _inspect_exif(image)
     if image.format == "HEIF":
         # libheif has already turned the pixels upright; report what it applied.
@@ -514,7 +641,7 @@ def _inspect_exif(image: Image.Image) -> tuple[int, set[str]]:
     # compared, never logged or returned.
     removed: set[str] = set()
     try:
-        exif = image.getexif()
+        exif = exif_block(image)
         value = exif.get(_EXIF_ORIENTATION_TAG, 1)
         orientation = value if isinstance(value, int) and value in range(1, 9) else 1
         details = dict(exif.get_ifd(ExifTags.IFD.Exif))
@@ -532,6 +659,22 @@ def _inspect_exif(image: Image.Image) -> tuple[int, set[str]]:
     if tags - _CAMERA_TAGS - _DATETIME_TAGS - _STRUCTURE_TAGS:
         removed.add("exif.other")
     return orientation, removed
+
+
+def exif_block(image: Image.Image) -> Image.Exif:
+    """The EXIF the file carries: its EXIF block (JPEG APP1, PNG eXIf, WebP EXIF, HEIF), or
+    ImageMagick's copy of one in a PNG text chunk. Not ``getexif()``, which also takes an
+    orientation from XMP when the EXIF has none: browsers ignore XMP orientation, and the
+    avatar must look as the picture did to the person who chose it. Call after ``load()``: a
+    PNG's eXIf may follow its pixel data."""
+    exif = Image.Exif()
+    block = image.info.get("exif")
+    raw = image.info.get("Raw profile type exif")
+    if block is None and isinstance(raw, str):
+        block = bytes.fromhex("".join(raw.split("\n")[3:]))
+    if isinstance(block, bytes) and block:
+        exif.load(block)
+    return exif
 
 
 # 6. orient --------------------------------------------------------------------------------------

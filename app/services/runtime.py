@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import ConfigurationError, Settings
-from app.core.metrics import InstrumentedPool, InstrumentedStorage, Metrics
+from app.core.metrics import InstrumentedStorage, Metrics
 from app.db.session import create_engine, create_sessionmaker
-from app.imaging.pipeline import PipelineOptions
+from app.imaging.pipeline import PipelineOptions, configure_pillow
 from app.imaging.pool import WorkerPool
 from app.storage import Storage, StorageUnavailable, build_storage
 
@@ -32,6 +32,23 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         original_max_side=settings.original_max_side,
         max_frames=settings.max_frames,
         formats=frozenset(settings.allowed_formats),
+    )
+
+
+def worker_pool(
+    settings: Settings, *, queue_size: int | None = None, metrics: Metrics | None = None
+) -> WorkerPool:
+    """The image worker pool. Pillow's pixel limit, a process-wide global, is set from the
+    settings here and in every worker process; with ``metrics``, each job's run time is
+    observed."""
+    configure_pillow(settings.max_pixels)
+    return WorkerPool(
+        settings.workers,
+        settings.queue_size if queue_size is None else queue_size,
+        job_timeout=settings.image_job_timeout,
+        initializer=configure_pillow,
+        initargs=(settings.max_pixels,),
+        observe=metrics.processing_seconds.observe if metrics is not None else None,
     )
 
 
@@ -67,15 +84,11 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Build the runtime, check the storage (``ConfigurationError`` when it cannot be used),
     yield it, and close what was built here. With ``metrics``, the storage and the pool
-    record their calls."""
+    record their calls and jobs."""
     built = storage or build_storage(settings)
     engine = create_engine(settings.database_url, timeout=settings.database_timeout)
-    pool = WorkerPool(settings.workers, settings.queue_size)
-    used_storage: Any = built
-    used_pool: Any = pool
-    if metrics is not None:
-        used_storage = InstrumentedStorage(built, metrics)
-        used_pool = InstrumentedPool(pool, metrics)
+    pool = worker_pool(settings, metrics=metrics)
+    used_storage: Any = InstrumentedStorage(built, metrics) if metrics is not None else built
     try:
         await check_storage(used_storage)
         yield Runtime(
@@ -83,7 +96,7 @@ async def open_runtime(
             engine=engine,
             sessions=create_sessionmaker(engine),
             storage=used_storage,
-            pool=used_pool,
+            pool=pool,
             options=pipeline_options(settings),
         )
     finally:

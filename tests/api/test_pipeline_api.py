@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 import time
 
 import httpx
@@ -15,7 +14,13 @@ from PIL import Image
 from app.imaging import pipeline
 from tests.bodies import CountingBody
 from tests.conftest import make_settings, running_app, stored_files
-from tests.images import assert_clean_webp, encode, jpeg_with_metadata
+from tests.images import (
+    assert_clean_webp,
+    encode,
+    jpeg_with_metadata,
+    progressive_jpeg_with_scans,
+)
+from tests.workers import Hold
 
 PROBLEM = "application/problem+json"
 
@@ -186,28 +191,21 @@ async def test_original_cap_and_sizes_come_from_settings(tmp_path, sqlite_url) -
 # Worker pool: 503 when full, the event loop free -----------------------------------------------
 
 
-def blocking_pipeline(monkeypatch) -> tuple[threading.Event, threading.Event]:
-    """Make processing wait for ``release`` (after setting ``started``), in the worker thread."""
-    started, release = threading.Event(), threading.Event()
-    real = pipeline.process_image
-
-    def slow(*args, **kwargs):
-        started.set()
-        assert release.wait(20)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr("app.services.avatars.process_image", slow)
-    return started, release
+def blocking_pipeline(monkeypatch, tmp_path) -> Hold:
+    """Make processing, in the worker process, wait for the hold's release."""
+    hold = Hold(tmp_path / "hold")
+    monkeypatch.setattr("app.services.avatars.process_image", hold.job(pipeline.process_image))
+    return hold
 
 
 async def test_full_pool_is_503_with_retry_after_before_reading_the_body(
     tmp_path, sqlite_url, monkeypatch
 ) -> None:
-    started, release = blocking_pipeline(monkeypatch)
+    hold = blocking_pipeline(monkeypatch, tmp_path)
     settings = make_settings(tmp_path, database_url=sqlite_url, workers=1, queue_size=0)
     async with running_app(settings) as (client, auth):
         first = asyncio.create_task(upload(client, auth, jpeg_with_metadata()))
-        await asyncio.to_thread(started.wait, 10)
+        await hold.wait_started()
         body = CountingBody(64)
 
         refused = await client.post(
@@ -218,7 +216,7 @@ async def test_full_pool_is_503_with_retry_after_before_reading_the_body(
         assert_problem(refused, 503, "server_busy")
         assert int(refused.headers["retry-after"]) >= 1
         assert body.consumed <= 65536, "the refused upload's body was read"
-        release.set()
+        hold.release()
         assert (await first).status_code == 201
         assert (await upload(client, auth, jpeg_with_metadata())).status_code == 201
 
@@ -226,7 +224,7 @@ async def test_full_pool_is_503_with_retry_after_before_reading_the_body(
 async def test_healthz_answers_while_uploads_are_processed(
     tmp_path, sqlite_url, monkeypatch
 ) -> None:
-    started, release = blocking_pipeline(monkeypatch)
+    hold = blocking_pipeline(monkeypatch, tmp_path)
     settings = make_settings(tmp_path, database_url=sqlite_url, workers=2, queue_size=4)
     async with running_app(settings) as (client, auth):
         uploads = [
@@ -237,7 +235,7 @@ async def test_healthz_answers_while_uploads_are_processed(
             )
             for i in range(4)
         ]
-        await asyncio.to_thread(started.wait, 10)
+        await hold.wait_started()
         latencies = []
         for _ in range(20):
             start = time.perf_counter()
@@ -245,12 +243,36 @@ async def test_healthz_answers_while_uploads_are_processed(
             latencies.append(time.perf_counter() - start)
             assert response.status_code == 200
         assert not any(task.done() for task in uploads), "the uploads were not in flight"
-        release.set()
+        hold.release()
         assert [(await task).status_code for task in uploads] == [201] * 4
     assert max(latencies) < 0.5, latencies  # the benchmark measures the real p99 under load
 
 
 # Storage of the report ------------------------------------------------------------------------
+
+
+# Work bounded: too complex to decode, or past the job deadline -----------------------------------
+
+
+async def test_a_jpeg_of_countless_scans_is_422_and_changes_nothing(client, auth, settings) -> None:
+    first = await upload(client, auth, jpeg_with_metadata())
+    assert first.status_code == 201
+    before = sorted(stored_files(settings))
+    response = await upload(client, auth, progressive_jpeg_with_scans(20_000))
+    assert_problem(response, 422, "image_too_complex")
+    assert sorted(stored_files(settings)) == before
+    kept = await client.get("/users/me/avatar", headers=auth())
+    assert kept.json()["avatar_url"] == first.json()["avatar_url"]
+
+
+async def test_a_job_past_its_deadline_is_422_and_changes_nothing(tmp_path, sqlite_url) -> None:
+    settings = make_settings(tmp_path, database_url=sqlite_url, image_job_timeout=0.001)
+    async with running_app(settings) as (client, auth):
+        response = await upload(client, auth, jpeg_with_metadata((2000, 1500)))
+        assert_problem(response, 422, "image_too_complex")
+        assert "longer than 0.001 s" in response.json()["detail"]
+        assert stored_files(settings) == []
+        assert (await client.get("/users/me/avatar", headers=auth())).status_code == 404
 
 
 def test_report_columns_migrate_up_and_down(tmp_path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from app.core.errors import CorruptImage, TooManyFrames, TooManyPixels
-from app.imaging.pipeline import PipelineOptions, gif_frame_count, process_image
+from app.imaging.pipeline import PipelineOptions, gif_layout, process_image
 from tests.images import assert_clean_webp, encode
 
 COLOURS = [(255, 0, 0), (0, 160, 0), (0, 0, 255)]
@@ -175,9 +175,9 @@ def gif_with_frames(count: int, *, lzw: bytes = b"\x02\x02\x44\x01\x00") -> byte
 
 def test_gif_frames_are_counted_without_walking_past_the_limit() -> None:
     data = gif_with_frames(100_000)
-    assert gif_frame_count(data, limit=200) == 201
-    assert gif_frame_count(gif_with_frames(7), limit=200) == 7
-    assert gif_frame_count(b"GIF89a", limit=200) == 1
+    assert gif_layout(data, limit=200, blocks=10**6)[0].frames == 201
+    assert gif_layout(gif_with_frames(7), limit=200, blocks=10**6)[0] == (7, 7)
+    assert gif_layout(b"GIF89a", limit=200, blocks=10**6)[0].frames == 1
 
 
 def test_a_broken_later_frame_ends_the_animation_there() -> None:

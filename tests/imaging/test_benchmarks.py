@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from benchmarks import load, pipeline
+from benchmarks import load, pipeline, pool
 from benchmarks.photo import phone_photo
 from benchmarks.server import spawned_server
 
@@ -55,3 +55,10 @@ def test_percentile_is_nearest_rank() -> None:
     assert load.percentile(values, 50) == 50
     assert load.percentile(values, 99) == 99
     assert load.percentile([7.0], 99) == 7
+
+
+async def test_pool_benchmark_compares_threads_and_processes(capsys) -> None:
+    await pool.main(workers=2, rounds=1, jobs=2, size=(320, 240))
+    text = capsys.readouterr().out
+    for row in ("threads:", "processes:", "processes / threads:", "the pool adds", "deadline:"):
+        assert row in text, text

@@ -76,7 +76,6 @@ def test_orientation_examples_come_out_as_the_upright_one(corpus, shape, orienta
         "exif-samples/jpg/orientation/landscape_6.jpg",
         "exif-samples/jpg/orientation/portrait_8.jpg",
         "pillow-tests/exif_imagemagick_orientation.png",  # in ImageMagick's PNG text profile
-        "pillow-tests/xmp_tags_orientation.png",  # in XMP only
         "pillow-tests/orientation_rectangle.jpg",
         "pillow-tests/empty_gps_ifd.jpg",
         "exiftool-t-images/MWG.jpg",
@@ -88,22 +87,41 @@ def test_orientation_examples_come_out_as_the_upright_one(corpus, shape, orienta
 )
 def test_orientation_matches_pillows_exif_transpose(corpus, name: str) -> None:
     src = source(corpus, name)
-    reference = ImageOps.exif_transpose(src)
-    if "icc_profile" in src.info:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(src.info["icc_profile"]))
-        srgb = ImageCms.createProfile("sRGB")
-        mode = "CMYK" if reference.mode == "CMYK" else "RGB"
-        reference = ImageCms.profileToProfile(
-            reference.convert(mode), profile, srgb, outputMode="RGB"
-        )
+    reference = in_srgb(src, ImageOps.exif_transpose(src))
     out = picture(run(corpus, name).variant("original").data)
-    reference = reference.convert("RGBA")
     mask = reference.getchannel("A").point(lambda v: 255 if v else 0)
     error = mean_error(out, reference, mask)
     assert error < 6
     assert mean_error(out.getchannel("A"), reference.getchannel("A")) < 1
     if min(reference.size) >= 16:  # the comparison can tell a wrong turn from WebP's loss
         assert mean_error(out, reference.transpose(Image.Transpose.ROTATE_180), mask) > 2 * error
+
+
+def in_srgb(src: Image.Image, image: Image.Image) -> Image.Image:
+    """``image`` (``src`` or made from it) as RGBA, through ``src``'s ICC profile to sRGB."""
+    if "icc_profile" in src.info:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(src.info["icc_profile"]))
+        srgb = ImageCms.createProfile("sRGB")
+        mode = "CMYK" if image.mode == "CMYK" else "RGB"
+        converted = ImageCms.profileToProfile(image.convert(mode), profile, srgb, outputMode="RGB")
+        if "A" in image.getbands():
+            converted.putalpha(image.getchannel("A"))
+        image = converted
+    return image.convert("RGBA")
+
+
+def test_orientation_kept_only_in_xmp_is_ignored_as_browsers_do(corpus) -> None:
+    """Pillow's ``exif_transpose`` turns this file by its XMP ``tiff:Orientation`` (3); browsers
+    show it as stored, and so does the avatar."""
+    name = "pillow-tests/xmp_tags_orientation.png"
+    src = source(corpus, name)
+    result = run(corpus, name)
+    assert result.orientation == 1
+    out = picture(result.variant("original").data)
+    stored = in_srgb(src, src)
+    mask = stored.getchannel("A").point(lambda v: 255 if v else 0)
+    assert mean_error(out, stored, mask) < 6
+    assert mean_error(out, in_srgb(src, ImageOps.exif_transpose(src)), mask) > 12
 
 
 def test_camera_photo_orientation_six_is_turned_upright(corpus) -> None:

@@ -21,10 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import re
-import resource
 import struct
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +36,7 @@ from PIL import Image
 from app.core.errors import CorruptImage, ImageError
 from app.imaging.pipeline import PipelineOptions, process_image
 from tests.conftest import CORPUS
-from tests.images import assert_clean_webp
+from tests.images import assert_clean_webp, measured
 from tests.security.fuzz_settings import fuzz_settings
 
 pytestmark = pytest.mark.corpus
@@ -308,33 +305,9 @@ MUTATIONS = (flip_bytes, truncate, splice_bytes, splice_chunks, huge_declared_si
 # The property ------------------------------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    assert match, field
-    return int(match.group(1))
-
-
-def _reset_peak_memory() -> bool:
-    """Start a new peak-RSS measurement (Linux: writing 5 to clear_refs resets VmHWM)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def run_bounded(data: bytes) -> tuple[object, float, float]:
     """(the result or the ImageError, seconds, peak MB above the start) of one example."""
-    precise = _reset_peak_memory()
-    before_kib = _status_kib("VmRSS") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
-    started = time.perf_counter()
-    try:
-        outcome: object = process_image(data, OPTIONS)
-    except ImageError as exc:
-        outcome = exc
-    seconds = time.perf_counter() - started
-    peak_kib = _status_kib("VmHWM") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
-    return outcome, seconds, max(peak_kib - before_kib, 0) / 1024
+    return measured(process_image, data, OPTIONS)
 
 
 def check_variants(result) -> None:

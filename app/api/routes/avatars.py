@@ -190,6 +190,7 @@ _UPLOAD_ERRORS = (
     errors.TooManyPixels,
     errors.DimensionsTooLarge,
     errors.TooManyFrames,
+    errors.ImageTooComplex,
     errors.InvalidCrop,
     errors.MissingFile,
     errors.InvalidBase64,
