@@ -30,7 +30,8 @@ class FaultyStorage:
     - ``lose_put_response``: write the object, then fail as if the answer was lost on the way
       back (a read timeout after the store did its work);
     - ``pause_after_puts``: after this many puts, wait until ``resume`` is set (an upload held
-      between writing its objects and committing its row).
+      between writing its objects and committing its row);
+    - ``on_get`` / ``on_delete``: awaited with the key before the call reaches the store.
     """
 
     def __init__(self, inner: Storage) -> None:
@@ -43,6 +44,7 @@ class FaultyStorage:
         self.written: list[str] = []
         self.deleted: list[str] = []
         self.on_delete: Callable[[str], Any] | None = None
+        self.on_get: Callable[[str], Any] | None = None
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_put(key):
@@ -56,6 +58,8 @@ class FaultyStorage:
             await self.resume.wait()
 
     async def get(self, key: str) -> bytes:
+        if self.on_get is not None:
+            await self.on_get(key)
         return await self.inner.get(key)
 
     async def delete(self, key: str) -> None:
