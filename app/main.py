@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from app.api.problems import install_problem_handlers
 from app.api.routes import avatars, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
@@ -61,12 +61,13 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         lifespan=lifespan,
     )
     app.state.metrics = app_metrics
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: the log line still says HEAD
     app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
             expose_headers=["ETag", "Retry-After", "X-Request-ID", "Location"],
             max_age=600,

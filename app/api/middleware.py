@@ -107,3 +107,29 @@ def _log_request(
         "error_code": state.get("error_code"),
     }
     access_log.info("request", extra={"fields": fields})
+
+
+class HeadAsGetMiddleware:
+    """``HEAD`` answered as ``GET`` without the body, on every route that has a ``GET``: the
+    same status and headers (``Content-Length``, ``ETag`` and the caching headers included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, without_body)
+        finally:
+            # What routing found (the route, for the log line and the metrics) goes back out.
+            for name, value in inner.items():
+                scope.setdefault(name, value)
