@@ -20,6 +20,10 @@ from app.storage.base import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the user id.")
 
+# Far above any real token (identity providers' tokens with many claims are a few KB): a longer
+# Authorization header is refused before it is split, decoded or verified.
+MAX_AUTHORIZATION_BYTES = 8192
+
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
@@ -54,6 +58,8 @@ async def get_current_user(
 ) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated("A bearer token is required.")
+    if len(request.headers["authorization"]) > MAX_AUTHORIZATION_BYTES:
+        raise NotAuthenticated(f"The Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes.")
     verifier: TokenVerifier = request.app.state.token_verifier
     if verifier.needs_network:  # a JWKS fetch must not block the event loop
         user_id = await anyio.to_thread.run_sync(verifier.verify, credentials.credentials)

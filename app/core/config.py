@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # A body must keep arriving: at most this many seconds between chunks, and in all.
     body_idle_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=60.0, gt=0)
+    # `serve`: the request line and headers must arrive within this many seconds (of the
+    # connection opening or the previous response) and this many bytes (then 408 / 431).
+    header_timeout: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     max_dimension: int = Field(default=4096, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     thumbnail_size: int = Field(default=400, gt=0)

@@ -6,14 +6,11 @@ Every body that carries JSON is bounded (size, time, nesting) and read only afte
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from PIL import Image
 
-from tests.api.test_avatars import assert_problem, files
-from tests.bodies import CountingBody
-from tests.conftest import make_settings, running_app, stored_files
+from tests.bodies import CountingBody, TrickledBody
+from tests.conftest import assert_problem, files, make_settings, running_app, stored_files
 from tests.images import encode, jpeg_with_metadata
 
 DEEP_JSON = b"[" * 100_000
@@ -104,20 +101,11 @@ async def test_a_trickled_patch_body_is_cut_off_with_408(tmp_path, sqlite_url) -
         tmp_path, database_url=sqlite_url, body_idle_timeout=0.3, body_timeout=1.0
     )
     async with running_app(settings) as (client, auth):
-        sent = 0
-
-        async def trickle():
-            nonlocal sent
-            yield b'{"crop": '
-            for _ in range(100):
-                await asyncio.sleep(0.05)  # never idle, always too slow
-                sent += 1
-                yield b" "
-
+        body = TrickledBody(b'{"crop": ', b" ")
         headers = {**auth(), "Content-Type": "application/json"}
-        response = await client.patch("/users/me/avatar", content=trickle(), headers=headers)
+        response = await client.patch("/users/me/avatar", content=body, headers=headers)
         assert_problem(response, 408, "request_timeout")
-        assert sent < 40
+        assert body.sent < 40
 
 
 async def test_patch_over_the_rate_limit_is_429_before_the_body(tmp_path, sqlite_url) -> None:
@@ -165,3 +153,22 @@ async def test_no_json_body_route_answers_deep_nesting_with_a_5xx(client, auth) 
             assert response.headers["content-type"].startswith("application/problem+json")
             tried.append((method, path))
     assert ("post", "/users/me/avatar") in tried and ("patch", "/users/me/avatar") in tried
+
+
+async def test_an_oversized_authorization_header_is_refused_before_it_is_parsed(
+    app, client, auth
+) -> None:
+    from app.api.deps import MAX_AUTHORIZATION_BYTES
+
+    verified = []
+    verifier = app.state.token_verifier
+    real_verify = verifier.verify
+    verifier.verify = lambda token: verified.append(len(token)) or real_verify(token)
+    assert (await client.get("/users/me/avatar", headers=auth())).status_code == 404
+    assert verified, "the spy is not in the path"
+    verified.clear()
+    padded = {"Authorization": auth()["Authorization"] + "x" * MAX_AUTHORIZATION_BYTES}
+    for method in ("GET", "POST", "PATCH", "DELETE"):
+        response = await client.request(method, "/users/me/avatar", headers=padded)
+        assert_problem(response, 401, "not_authenticated")
+    assert verified == []
