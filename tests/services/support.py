@@ -10,9 +10,11 @@ import re
 import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 
 from app.core.config import Settings
@@ -79,6 +81,27 @@ class FaultyStorage:
 
     async def check(self) -> None:
         await self.inner.check()
+
+
+@asynccontextmanager
+async def faulty_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FaultyStorage]]:
+    """The app on the suite's real store, wrapped so faults can be switched on; the client
+    carries alice's token."""
+    from app.core.security import create_token
+    from app.main import create_app
+    from app.storage import build_storage
+    from tests.conftest import serving
+
+    inner = build_storage(settings)
+    faulty = FaultyStorage(inner)
+    try:
+        async with serving(create_app(settings, storage=faulty)) as client:
+            client.headers["Authorization"] = f"Bearer {create_token(settings, 'alice')}"
+            yield client, faulty
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
 
 
 async def store_snapshot(storage: Storage) -> dict[str, bytes]:

@@ -9,34 +9,13 @@ after the new squares were written and before the row is committed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
-from app.core.config import Settings
-from app.core.security import create_token
-from app.main import create_app
-from app.storage import build_storage
-from tests.api.test_avatars import assert_problem
-from tests.conftest import serving
+from tests.conftest import assert_problem
 from tests.images import jpeg_with_metadata
-from tests.services.support import FaultyStorage, store_snapshot, table_snapshot
-
-
-@asynccontextmanager
-async def app_with(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FaultyStorage]]:
-    inner = build_storage(settings)
-    storage = FaultyStorage(inner)
-    try:
-        async with serving(create_app(settings, storage=storage)) as client:
-            client.headers["Authorization"] = f"Bearer {create_token(settings, 'alice')}"
-            yield client, storage
-    finally:
-        close = getattr(inner, "close", None)
-        if close is not None:
-            close()
+from tests.services.support import faulty_app, store_snapshot, table_snapshot
 
 
 async def upload(client: httpx.AsyncClient, color=(200, 60, 30)) -> httpx.Response:
@@ -61,7 +40,7 @@ def patch(client: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
     [(replace, 409, "avatar_changed"), (delete, 404, "avatar_not_found")],
 )
 async def test_patch_whose_original_is_removed_meanwhile(settings, other, status, code) -> None:
-    async with app_with(settings) as (client, storage):
+    async with faulty_app(settings) as (client, storage):
         created = (await upload(client)).json()
         original_key = created["avatar_url"].split("/media/", 1)[1]
 
@@ -85,7 +64,7 @@ async def test_patch_whose_original_is_removed_meanwhile(settings, other, status
     [(replace, 409, "avatar_changed"), (delete, 404, "avatar_not_found")],
 )
 async def test_patch_whose_avatar_changes_before_its_commit(settings, other, status, code) -> None:
-    async with app_with(settings) as (client, storage):
+    async with faulty_app(settings) as (client, storage):
         assert (await upload(client)).status_code == 201
         storage.pause_after_puts = len(storage.written) + 1
         task = patch(client)
