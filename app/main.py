@@ -16,6 +16,7 @@ from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
+from app.services.defaults import DefaultImages, SelfTest, side_pool
 from app.services.runtime import (  # noqa: F401 (callers import these from here)
     check_storage,
     close_storage,
@@ -48,11 +49,29 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
                 if settings.rate_limit
                 else None
             )
+            default_limiter = (
+                UploadRateLimiter(
+                    settings.default_rate_limit,
+                    settings.redis_url,
+                    namespace="avatar-default",
+                    noun="generated images",
+                )
+                if settings.default_rate_limit
+                else None
+            )
+            # Work anonymous clients can cause runs beside the upload pool, never in it.
+            anonymous_pool = side_pool()
+            app.state.default_images = DefaultImages(anonymous_pool, default_limiter)
+            app.state.selftest = SelfTest(
+                anonymous_pool, runtime.options, interval=settings.selftest_interval
+            )
             try:
                 yield
             finally:
-                if app.state.rate_limiter is not None:
-                    await app.state.rate_limiter.close()
+                anonymous_pool.shutdown()
+                for limiter in (app.state.rate_limiter, default_limiter):
+                    if limiter is not None:
+                        await limiter.close()
 
     app = FastAPI(
         title="Avatar service",

@@ -16,6 +16,7 @@ from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
+from app.services.defaults import DefaultImages, SelfTest
 from app.storage.base import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the user id.")
@@ -45,11 +46,21 @@ def get_pipeline_options(request: Request) -> PipelineOptions:
     return request.app.state.pipeline_options
 
 
+def get_default_images(request: Request) -> DefaultImages:
+    return request.app.state.default_images
+
+
+def get_selftest(request: Request) -> SelfTest:
+    return request.app.state.selftest
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 PoolDep = Annotated[WorkerPool, Depends(get_pool)]
 PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
+DefaultImagesDep = Annotated[DefaultImages, Depends(get_default_images)]
+SelfTestDep = Annotated[SelfTest, Depends(get_selftest)]
 
 
 async def get_current_user(

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
 
     # Uploads per user, as "N/second|minute|hour|day"; empty switches the limit off.
     rate_limit: str = "30/minute"
+    # Generated default images (/avatars/{id}?default=...) rendered per client address, as
+    # "N/minute" etc.; images already rendered are served from memory and not counted. Empty: off.
+    default_rate_limit: str = "60/minute"
+    # /readyz?deep=1 runs the image self-test at most once per this many seconds (else the last
+    # report).
+    selftest_interval: float = Field(default=300.0, ge=0)
     # Redis shared by the replicas (rate limits); unset: each process keeps its own counts.
     redis_url: str = ""
 
@@ -169,15 +175,17 @@ class Settings(BaseSettings):
                 f"AVATAR_JWT_ALGORITHMS: unsupported {sorted(unknown)}; "
                 f"choose from {sorted(SUPPORTED_ALGORITHMS)}"
             )
-        if self.rate_limit:
-            from limits import parse_many
+        for name in ("rate_limit", "default_rate_limit"):
+            rate = getattr(self, name)
+            if rate:
+                from limits import parse_many
 
-            try:
-                parse_many(self.rate_limit)
-            except ValueError:
-                raise ValueError(
-                    f"AVATAR_RATE_LIMIT {self.rate_limit!r} is not like '10/minute'"
-                ) from None
+                try:
+                    parse_many(rate)
+                except ValueError:
+                    raise ValueError(
+                        f"AVATAR_{name.upper()} {rate!r} is not like '10/minute'"
+                    ) from None
         if self.env == "production":
             has_public_key = bool(self.jwt_public_key or self.jwks_url)
             if not self.jwt_secret and not has_public_key:

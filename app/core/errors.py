@@ -258,7 +258,7 @@ class InsufficientStorage(AppError):
 class RateLimited(AppError):
     status = 429
     code = "rate_limited"
-    title = "Too many uploads"
+    title = "Too many requests"
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 1):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
