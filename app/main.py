@@ -8,10 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api.middleware import HeadAsGetMiddleware, RequestContextMiddleware
+from app.api.middleware import (
+    HeadAsGetMiddleware,
+    RequestContextMiddleware,
+    UnreadBodyMiddleware,
+)
 from app.api.problems import install_problem_handlers
 from app.api.routes import avatars, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
+from app.api.upload import ENVELOPE_BYTES, base64_limit
 from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
@@ -81,6 +86,13 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     )
     app.state.metrics = app_metrics
     app.add_middleware(HeadAsGetMiddleware)  # innermost: the log line still says HEAD
+    app.add_middleware(
+        UnreadBodyMiddleware,
+        # The longest body a route takes: a base64 upload of the largest image.
+        max_bytes=base64_limit(settings.max_upload_bytes) + ENVELOPE_BYTES,
+        idle_timeout=settings.body_idle_timeout,
+        total_timeout=settings.body_timeout,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     if settings.cors_origins:
         app.add_middleware(

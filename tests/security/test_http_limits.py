@@ -140,3 +140,36 @@ def test_requests_within_the_limits_are_served(server) -> None:
             response = client.get("/healthz", headers={"X-Big": "v" * (MAX_HEADER_BYTES // 2)})
             assert response.status_code == 200
             time.sleep(HEADER_TIMEOUT / 2)
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_body_refused_before_it_is_read_is_not_read_afterwards(server, method: str) -> None:
+    """The 401 comes before the body; then the connection is closed, instead of the server
+    receiving (and throwing away) the 300 MB it was promised, to keep the connection."""
+    with connect(server) as sock:
+        sock.sendall(
+            f"{method} /users/me/avatar HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 300000000\r\n\r\n".encode()
+        )
+        status, headers, _body = read_response(sock)
+        assert status == 401
+        assert headers["connection"] == "close"
+        sock.settimeout(5)
+        assert sock.recv(1) == b"", "the server still waits for the body"
+
+
+def test_a_client_that_sends_its_whole_body_first_still_reads_the_refusal(server) -> None:
+    """Within the upload limit, the rest of a refused body is received and thrown away before
+    the answer (a lingering close), so a client that writes everything before it reads gets
+    the 401 instead of a reset connection, and may keep the connection."""
+    body = b"\0" * (4 * 1024 * 1024)
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for _ in range(3):
+            response = client.post(
+                "/users/me/avatar",
+                content=body,
+                headers={"Content-Type": "multipart/form-data; boundary=x"},
+            )
+            assert response.status_code == 401
+            assert response.headers.get("connection") != "close"
+        assert client.get("/healthz").status_code == 200
