@@ -50,8 +50,30 @@ class BoundedH11Protocol(H11Protocol):
         self._watch_head()
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state in (h11.IDLE, h11.DONE) and self._head_too_long(data):
+            # h11 bounds a head that is still incomplete; one that arrives whole in a single
+            # read (up to 64 KiB) would pass, so the bound is checked here as well.
+            self._refuse_head(self._too_large())
+            return
         super().data_received(data)
         self._watch_head()
+
+    def _head_too_long(self, data: bytes) -> bool:
+        buffered = self.conn.trailing_data[0]
+        if len(buffered) + len(data) <= self.max_header_bytes:
+            return False
+        return b"\r\n\r\n" not in (buffered + data)[: self.max_header_bytes]
+
+    def _too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"The request line and headers are longer than {self.max_header_bytes} bytes."
+        )
+
+    def _refuse_head(self, error: AppError) -> None:
+        self._stop_head_timer()
+        self._unset_keepalive_if_required()
+        self.transport.write(problem_bytes(error))
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -84,19 +106,14 @@ class BoundedH11Protocol(H11Protocol):
             error = RequestTimeout(
                 f"The request headers did not arrive within {self.header_timeout:g} s."
             )
-            self.transport.write(problem_bytes(error))
-        self._unset_keepalive_if_required()
-        self.transport.close()
+            self._refuse_head(error)
+        else:
+            self._unset_keepalive_if_required()
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn calls this when h11 cannot parse the request: answer in problem+json."""
-        self._stop_head_timer()
-        error: AppError
         if len(self.conn.trailing_data[0]) > self.max_header_bytes:
-            error = HeadersTooLarge(
-                f"The request line and headers are longer than {self.max_header_bytes} bytes."
-            )
+            self._refuse_head(self._too_large())
         else:
-            error = InvalidHttpRequest("The request is not valid HTTP/1.1.")
-        self.transport.write(problem_bytes(error))
-        self.transport.close()
+            self._refuse_head(InvalidHttpRequest("The request is not valid HTTP/1.1."))

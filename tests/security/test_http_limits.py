@@ -68,6 +68,18 @@ def test_an_endless_header_line_is_cut_off_at_the_limit_with_431(server) -> None
         assert_problem(read_response(sock), 431, "headers_too_large")
 
 
+@pytest.mark.parametrize(("extra", "status"), [(-300, 200), (1, 431), (40_000, 431)])
+def test_a_whole_head_in_one_write_is_held_to_the_limit(server, extra: int, status: int) -> None:
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: "
+    filler = b"f" * (MAX_HEADER_BYTES - len(start) - 4 + extra)
+    with connect(server) as sock:
+        sock.sendall(start + filler + b"\r\n\r\n")
+        response = read_response(sock)
+    assert response[0] == status, response
+    if status == 431:
+        assert_problem(response, 431, "headers_too_large")
+
+
 def test_a_huge_bearer_token_never_reaches_the_application(server) -> None:
     token = "e" * (8 * 1024 * 1024)
     response = httpx.get(
@@ -173,3 +185,17 @@ def test_a_client_that_sends_its_whole_body_first_still_reads_the_refusal(server
             assert response.status_code == 401
             assert response.headers.get("connection") != "close"
         assert client.get("/healthz").status_code == 200
+
+
+def test_the_limits_hold_in_every_server_process(tmp_path) -> None:
+    """With AVATAR_PROCESSES > 1 uvicorn starts the protocol by name in each process."""
+    with live_server(
+        tmp_path, AVATAR_PROCESSES="2", AVATAR_HEADER_TIMEOUT="1", AVATAR_MAX_HEADER_BYTES="2048"
+    ) as multi:
+        for _ in range(4):  # connections land on either process
+            response = httpx.get(f"{multi.base_url}/healthz", headers={"X-Big": "v" * 4096})
+            assert response.status_code == 431
+            assert response.json()["code"] == "headers_too_large"
+        with connect(multi) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert_problem(read_response(sock), 408, "request_timeout")
