@@ -87,9 +87,8 @@ def serve(
         "access_log": False,  # one JSON line per request comes from the app
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
-        # h11 with the request head bounded in size and time (app/api/protocol.py).
-        "http": "app.api.protocol:BoundedH11Protocol",
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # httptools with the request head bounded in size and time (app/api/protocol.py).
+        "http": "app.api.protocol:BoundedHttpToolsProtocol",
     }
     count = processes or settings.processes
     if count > 1:
