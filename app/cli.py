@@ -96,6 +96,8 @@ def serve(
         "access_log": False,  # one JSON line per request comes from the app
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
+        # httptools with the request head bounded in size and time (app/api/protocol.py).
+        "http": "app.api.protocol:BoundedHttpToolsProtocol",
     }
     count = processes or settings.processes
     if count > 1:

@@ -8,14 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import (
+    HeadAsGetMiddleware,
+    RequestContextMiddleware,
+    UnreadBodyMiddleware,
+)
 from app.api.problems import install_problem_handlers
 from app.api.routes import avatars, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
+from app.api.upload import ENVELOPE_BYTES, base64_limit
 from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
+from app.services.defaults import DefaultImages, SelfTest, side_pool
 from app.services.runtime import (  # noqa: F401 (callers import these from here)
     check_storage,
     close_storage,
@@ -48,11 +54,29 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
                 if settings.rate_limit
                 else None
             )
+            default_limiter = (
+                UploadRateLimiter(
+                    settings.default_rate_limit,
+                    settings.redis_url,
+                    namespace="avatar-default",
+                    noun="generated images",
+                )
+                if settings.default_rate_limit
+                else None
+            )
+            # Work anonymous clients can cause runs beside the upload pool, never in it.
+            anonymous_pool = side_pool()
+            app.state.default_images = DefaultImages(anonymous_pool, default_limiter)
+            app.state.selftest = SelfTest(
+                anonymous_pool, runtime.options, interval=settings.selftest_interval
+            )
             try:
                 yield
             finally:
-                if app.state.rate_limiter is not None:
-                    await app.state.rate_limiter.close()
+                anonymous_pool.shutdown()
+                for limiter in (app.state.rate_limiter, default_limiter):
+                    if limiter is not None:
+                        await limiter.close()
 
     app = FastAPI(
         title="Avatar service",
@@ -61,12 +85,20 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         lifespan=lifespan,
     )
     app.state.metrics = app_metrics
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: the log line still says HEAD
+    app.add_middleware(
+        UnreadBodyMiddleware,
+        # The longest body a route takes: a base64 upload of the largest image.
+        max_bytes=base64_limit(settings.max_upload_bytes) + ENVELOPE_BYTES,
+        idle_timeout=settings.body_idle_timeout,
+        total_timeout=settings.body_timeout,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
             expose_headers=["ETag", "Retry-After", "X-Request-ID", "Location"],
             max_age=600,

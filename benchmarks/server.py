@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +61,11 @@ def _cli(*args: str) -> list[str]:
 
 
 @contextmanager
-def spawned_server(**settings: str) -> Iterator[Server]:
-    """Start a server with ``AVATAR_*`` overrides (e.g. ``workers="2"``); stop it on exit."""
+def spawned_server(
+    command: Callable[[int], list[str]] | None = None, **settings: str
+) -> Iterator[Server]:
+    """Start a server with ``AVATAR_*`` overrides (e.g. ``workers="2"``); stop it on exit.
+    ``command`` makes the server's command line for a port (default: `avatar-service serve`)."""
     data_dir = Path(tempfile.mkdtemp(prefix="avatar-bench-"))
     # Only this benchmark's settings: none inherited from the environment.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AVATAR_")}
@@ -77,8 +80,9 @@ def spawned_server(**settings: str) -> Iterator[Server]:
     env.update({f"AVATAR_{name.upper()}": value for name, value in settings.items()})
     port = _free_port()
     subprocess.run(_cli("migrate"), env=env, cwd=ROOT, check=True, capture_output=True)
+    argv = command(port) if command else _cli("serve", "--host", "127.0.0.1", "--port", str(port))
     process = subprocess.Popen(
-        _cli("serve", "--host", "127.0.0.1", "--port", str(port)),
+        argv,
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -227,3 +227,22 @@ def stored_files(settings: Settings) -> list[Any]:
     if not root.exists():
         return []
     return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+PROBLEM = "application/problem+json"
+
+
+def files(data: bytes, name: str = "photo.jpg", content_type: str = "image/jpeg") -> dict:
+    return {"file": (name, data, content_type)}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"].endswith(code)
+    assert body["title"] and body["detail"]
+    assert "Traceback" not in response.text
+    return body

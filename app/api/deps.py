@@ -16,9 +16,14 @@ from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier, normalize_user_id
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
+from app.services.defaults import DefaultImages, SelfTest
 from app.storage.base import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the user id.")
+
+# Far above any real token (identity providers' tokens with many claims are a few KB): a longer
+# Authorization header is refused before it is split, decoded or verified.
+MAX_AUTHORIZATION_BYTES = 8192
 
 
 def get_settings(request: Request) -> Settings:
@@ -41,11 +46,21 @@ def get_pipeline_options(request: Request) -> PipelineOptions:
     return request.app.state.pipeline_options
 
 
+def get_default_images(request: Request) -> DefaultImages:
+    return request.app.state.default_images
+
+
+def get_selftest(request: Request) -> SelfTest:
+    return request.app.state.selftest
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 PoolDep = Annotated[WorkerPool, Depends(get_pool)]
 PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
+DefaultImagesDep = Annotated[DefaultImages, Depends(get_default_images)]
+SelfTestDep = Annotated[SelfTest, Depends(get_selftest)]
 
 
 async def get_current_user(
@@ -54,6 +69,8 @@ async def get_current_user(
 ) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise NotAuthenticated("A bearer token is required.")
+    if len(request.headers["authorization"]) > MAX_AUTHORIZATION_BYTES:
+        raise NotAuthenticated(f"The Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes.")
     verifier: TokenVerifier = request.app.state.token_verifier
     if verifier.needs_network:  # a JWKS fetch must not block the event loop
         user_id = await anyio.to_thread.run_sync(verifier.verify, credentials.credentials)

@@ -7,6 +7,7 @@ anything read from an image.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -107,3 +108,105 @@ def _log_request(
         "error_code": state.get("error_code"),
     }
     access_log.info("request", extra={"fields": fields})
+
+
+class HeadAsGetMiddleware:
+    """``HEAD`` answered as ``GET`` without the body, on every route that has a ``GET``: the
+    same status and headers (``Content-Length``, ``ETag`` and the caching headers included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, without_body)
+        finally:
+            # What routing found (the route, for the log line and the metrics) goes back out.
+            for name, value in inner.items():
+                scope.setdefault(name, value)
+
+
+class UnreadBodyMiddleware:
+    """An answer given before the request body was read whole (a 401, 413, 429 or 503 refused
+    before the body): the rest of the body is received and thrown away first, within
+    ``max_bytes`` and the body timeouts, so that a client that sends its whole body before it
+    reads can read the answer (a "lingering close"). A body declared longer than that, sent
+    without a length (chunked), or too slow, is not read: the answer closes the connection at
+    once, where the server would otherwise receive a body of any size to keep the connection."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, idle_timeout: float, total_timeout: float
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.idle_timeout = idle_timeout
+        self.total_timeout = total_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = _declared_body(scope)
+        if scope["type"] != "http" or declared == 0:
+            await self.app(scope, receive, send)
+            return
+        state = {"all": False}
+
+        async def tracking_receive() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                state["all"] = True
+            return message
+
+        async def answering_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not state["all"]:
+                headers = list(message.get("headers", []))
+                closing = any(k == b"connection" and v == b"close" for k, v in headers)
+                lingering = (
+                    declared is not None
+                    and declared <= self.max_bytes
+                    and message["status"] != 413  # refused for its size: not worth reading
+                )
+                if closing or not lingering or not await self._drain(tracking_receive, state):
+                    headers = [(k, v) for k, v in headers if k != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, tracking_receive, answering_send)
+
+    async def _drain(self, receive: Receive, state: dict[str, bool]) -> bool:
+        """Throw the rest of the body away; False when it is too slow for that (its length is
+        bounded by Content-Length, which the server enforces)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_timeout
+        while not state["all"]:
+            remaining = min(self.idle_timeout, deadline - loop.time())
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await receive()
+            except TimeoutError:
+                return False
+        return True
+
+
+def _declared_body(scope: Scope) -> int | None:
+    """The Content-Length, None for a chunked body (unknown length), 0 for no body."""
+    length = 0
+    for name, value in scope.get("headers", []):
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+    return length

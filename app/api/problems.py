@@ -33,14 +33,7 @@ class ProblemResponse(JSONResponse):
 
 
 def problem(error: AppError, **extra: Any) -> ProblemResponse:
-    body = {
-        "type": error.type_uri,
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-        "code": error.code,
-        **extra,
-    }
+    body = {**error.problem_fields(), **extra}
     return ProblemResponse(body, status_code=error.status, headers=error.headers)
 
 

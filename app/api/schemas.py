@@ -80,6 +80,13 @@ class AvatarPublic(BaseModel):
     inline: InlineImage | None = Field(
         default=None, description="With ?inline=<variant>: that variant as a data: URI."
     )
+    inline_omitted: str | None = Field(
+        default=None,
+        description="On an upload or a crop change with ?inline=<variant>, when that image could "
+        "not be inlined (over AVATAR_INLINE_MAX_BYTES, or `still` of an avatar that is not "
+        "animated): the error code and why. The change itself is done.",
+        examples=["inline_too_large: The 'original' image is 81234 bytes; at most 65536 ..."],
+    )
     updated_at: datetime
 
     @classmethod

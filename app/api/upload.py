@@ -142,12 +142,38 @@ def base64_limit(max_bytes: int) -> int:
     return 4 * -(-max_bytes // 3) + 256
 
 
-async def _read_json(stream: AsyncIterator[bytes], max_bytes: int) -> Upload:
-    raw = b"".join([chunk async for chunk in stream])
+def parse_json(raw: bytes) -> object:
+    """A JSON body, or 422 ``invalid_request``: malformed text, bad UTF-8, and nesting deeper
+    than the parser's recursion allows (``[[[[...``) alike."""
     try:
-        document = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("The body is not valid JSON.") from None
+    except RecursionError:
+        raise InvalidRequest("The JSON body is nested too deeply.") from None
+
+
+async def read_json_body(
+    request: Request, max_bytes: int, *, idle_timeout: float, total_timeout: float
+) -> object:
+    """A small JSON body (``application/json``), read within ``max_bytes`` and the body
+    timeouts, after authentication has passed."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedContentType("Send the body as application/json.")
+    try:
+        check_declared_length(request, max_bytes)
+        stream = limited_stream(
+            request, max_bytes, idle_timeout=idle_timeout, total_timeout=total_timeout
+        )
+        raw = b"".join([chunk async for chunk in stream])
+    except PayloadTooLarge:
+        raise PayloadTooLarge(f"The body is larger than {max_bytes} bytes.") from None
+    return parse_json(raw)
+
+
+async def _read_json(stream: AsyncIterator[bytes], max_bytes: int) -> Upload:
+    raw = b"".join([chunk async for chunk in stream])
+    document = parse_json(raw)
     if not isinstance(document, dict) or not isinstance(document.get(BASE64_FIELD), str):
         raise MissingFile(f"The JSON body has no string field '{BASE64_FIELD}'.")
     fields = {

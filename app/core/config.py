@@ -89,6 +89,12 @@ class Settings(BaseSettings):
 
     # Uploads per user, as "N/second|minute|hour|day"; empty switches the limit off.
     rate_limit: str = "30/minute"
+    # Generated default images (/avatars/{id}?default=...) rendered per client address, as
+    # "N/minute" etc.; images already rendered are served from memory and not counted. Empty: off.
+    default_rate_limit: str = "60/minute"
+    # /readyz?deep=1 runs the image self-test at most once per this many seconds (else the last
+    # report).
+    selftest_interval: float = Field(default=300.0, ge=0)
     # Redis shared by the replicas (rate limits); unset: each process keeps its own counts.
     redis_url: str = ""
 
@@ -102,6 +108,10 @@ class Settings(BaseSettings):
     # A body must keep arriving: at most this many seconds between chunks, and in all.
     body_idle_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=60.0, gt=0)
+    # `serve`: the request line and headers must arrive within this many seconds (of the
+    # connection opening or the previous response) and this many bytes (then 408 / 431).
+    header_timeout: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     max_dimension: int = Field(default=4096, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
     thumbnail_size: int = Field(default=400, gt=0)
@@ -173,15 +183,17 @@ class Settings(BaseSettings):
                 f"AVATAR_JWT_ALGORITHMS: unsupported {sorted(unknown)}; "
                 f"choose from {sorted(SUPPORTED_ALGORITHMS)}"
             )
-        if self.rate_limit:
-            from limits import parse_many
+        for name in ("rate_limit", "default_rate_limit"):
+            rate = getattr(self, name)
+            if rate:
+                from limits import parse_many
 
-            try:
-                parse_many(self.rate_limit)
-            except ValueError:
-                raise ValueError(
-                    f"AVATAR_RATE_LIMIT {self.rate_limit!r} is not like '10/minute'"
-                ) from None
+                try:
+                    parse_many(rate)
+                except ValueError:
+                    raise ValueError(
+                        f"AVATAR_{name.upper()} {rate!r} is not like '10/minute'"
+                    ) from None
         if self.token_ttl_seconds > self.jwt_max_lifetime_seconds:
             raise ValueError(
                 "AVATAR_TOKEN_TTL_SECONDS cannot exceed AVATAR_JWT_MAX_LIFETIME_SECONDS "

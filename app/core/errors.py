@@ -10,7 +10,9 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     ├── AvatarChanged               409 avatar_changed
     ├── PayloadTooLarge             413 image_too_large
     ├── ClientDisconnected          400 client_disconnected (the client is gone; for logs)
-    ├── RequestTimeout              408 request_timeout
+    ├── RequestTimeout              408 request_timeout (a body, or the headers, too slow)
+    ├── HeadersTooLarge             431 headers_too_large (from the HTTP protocol)
+    ├── InvalidHttpRequest          400 invalid_http_request (from the HTTP protocol)
     ├── UnsupportedContentType      415 unsupported_content_type
     ├── InvalidRequest              422 invalid_request
     │   ├── MissingFile             422 missing_file
@@ -57,6 +59,16 @@ class AppError(Exception):
     @property
     def type_uri(self) -> str:
         return PROBLEM_TYPE_PREFIX + self.code
+
+    def problem_fields(self) -> dict[str, object]:
+        """The RFC 9457 members every problem+json answer carries."""
+        return {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
 
 
 class NotAuthenticated(AppError):
@@ -107,10 +119,26 @@ class ClientDisconnected(AppError):
 class RequestTimeout(AppError):
     status = 408
     code = "request_timeout"
-    title = "Request body too slow"
+    title = "Request too slow"
 
     def __init__(self, detail: str | None = None):
         super().__init__(detail, headers={"Connection": "close"})
+
+
+class HeadersTooLarge(AppError):
+    """Raised by the server's HTTP protocol, before the application sees the request."""
+
+    status = 431
+    code = "headers_too_large"
+    title = "Request headers too large"
+
+
+class InvalidHttpRequest(AppError):
+    """Malformed HTTP/1.1 the server can still answer (a broken request line or header)."""
+
+    status = 400
+    code = "invalid_http_request"
+    title = "Invalid HTTP request"
 
 
 class UnsupportedContentType(AppError):
@@ -240,7 +268,7 @@ class InsufficientStorage(AppError):
 class RateLimited(AppError):
     status = 429
     code = "rate_limited"
-    title = "Too many uploads"
+    title = "Too many requests"
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 1):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})

@@ -1,4 +1,5 @@
-"""Per-user upload rate limits with the `limits` library.
+"""Rate limits with the `limits` library: uploads per user, and generated default images per
+client address.
 
 In memory by default (each process counts on its own); through Redis when ``AVATAR_REDIS_URL``
 is set, so every replica shares one count per user. If Redis stops answering, uploads are let
@@ -33,8 +34,20 @@ def limits_storage_uri(redis_url: str) -> str:
 
 
 class UploadRateLimiter:
-    def __init__(self, rate: str, redis_url: str = "") -> None:
+    """Counts one kind of request per key; ``namespace`` keeps the kinds apart in a shared
+    store and ``noun`` names them in the 429's detail."""
+
+    def __init__(
+        self,
+        rate: str,
+        redis_url: str = "",
+        *,
+        namespace: str = NAMESPACE,
+        noun: str = "uploads",
+    ) -> None:
         self.items: list[RateLimitItem] = parse_many(rate)
+        self.namespace = namespace
+        self.noun = noun
         uri = limits_storage_uri(redis_url)
         options: dict[str, object] = {}
         self._redis_pool = None
@@ -57,19 +70,20 @@ class UploadRateLimiter:
         if self._redis_pool is not None:
             await self._redis_pool.aclose()
 
-    async def hit(self, user_id: str) -> None:
-        """Count one upload for ``user_id``; raise RateLimited when a limit is used up."""
+    async def hit(self, key: str) -> None:
+        """Count one request for ``key`` (a user id, a client address); raise RateLimited when
+        a limit is used up."""
         for item in self.items:
             try:
-                allowed = await self.limiter.hit(item, NAMESPACE, user_id)
+                allowed = await self.limiter.hit(item, self.namespace, key)
             except Exception as exc:
-                logger.warning("rate limit storage failed (%s); upload let through", exc)
+                logger.warning("rate limit storage failed (%s); request let through", exc)
                 return
             if not allowed:
-                stats = await self.limiter.get_window_stats(item, NAMESPACE, user_id)
+                stats = await self.limiter.get_window_stats(item, self.namespace, key)
                 retry_after = max(1, math.ceil(stats.reset_time - time.time()))
                 raise RateLimited(
-                    f"At most {item.amount} uploads per {item.get_expiry()} seconds; "
+                    f"At most {item.amount} {self.noun} per {item.get_expiry()} seconds; "
                     f"retry in {retry_after} s.",
                     retry_after=retry_after,
                 )

@@ -129,6 +129,9 @@ async def recrop_avatar(
     try:
         data = await storage.get(original["key"])
     except FileNotFoundError:
+        # Most often an upload or a delete of the same avatar won the race and removed the
+        # original after the row was read: that is a conflict (or a 404), not an outage.
+        await _raise_if_changed(sessions, user_id, current.version)
         raise StorageUnavailableError("The stored original is missing; upload again.") from None
     except Exception as exc:
         raise StorageUnavailableError("The image store could not read the original.") from exc
@@ -153,6 +156,14 @@ async def recrop_avatar(
     )
     await delete_objects(storage, [key for key in old_keys if key != original["key"]])
     return avatar
+
+
+async def _raise_if_changed(
+    sessions: async_sessionmaker[AsyncSession], user_id: str, version: str
+) -> None:
+    """AvatarNotFound if the avatar is gone, AvatarChanged if it is no longer at ``version``."""
+    if (await get_avatar(sessions=sessions, user_id=user_id)).version != version:
+        raise AvatarChanged("The avatar changed meanwhile; try again.")
 
 
 def _stored_crop(avatar: Avatar) -> CropBox | None:
@@ -221,16 +232,18 @@ async def _swap_row(
 ) -> tuple[Avatar, list[str]]:
     """Point the user's row at the new objects; return it and the keys it pointed at before.
 
-    With ``expected_version``, the row must still be at that version (else AvatarChanged).
+    With ``expected_version``, the row must still be at that version (else AvatarChanged, or
+    AvatarNotFound when it was deleted meanwhile).
     """
     for attempt in range(_ROW_ATTEMPTS):
         try:
             async with sessions() as session, session.begin():
                 avatar = await _lock_avatar(session, user_id)
-                if expected_version is not None and (
-                    avatar is None or avatar.version != expected_version
-                ):
-                    raise AvatarChanged("The avatar changed meanwhile; try again.")
+                if expected_version is not None:
+                    if avatar is None:
+                        raise AvatarNotFound("The avatar was deleted meanwhile.")
+                    if avatar.version != expected_version:
+                        raise AvatarChanged("The avatar changed meanwhile; try again.")
                 old_keys = avatar.keys if avatar else []
                 if avatar is None:
                     avatar = Avatar(user_id=user_id, **fields)

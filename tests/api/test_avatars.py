@@ -8,27 +8,9 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.core.security import create_token
-from tests.bodies import CountingBody
-from tests.conftest import stored_files
+from tests.bodies import CountingBody, TrickledBody
+from tests.conftest import PROBLEM, assert_problem, files, stored_files
 from tests.images import assert_clean_webp, encode, jpeg_with_metadata
-
-PROBLEM = "application/problem+json"
-
-
-def files(data: bytes, name: str = "photo.jpg", content_type: str = "image/jpeg") -> dict:
-    return {"file": (name, data, content_type)}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"].endswith(code)
-    assert body["title"] and body["detail"]
-    assert "Traceback" not in response.text
-    return body
 
 
 async def upload(
@@ -272,20 +254,14 @@ async def test_a_trickled_body_is_cut_off_with_408(tmp_path, sqlite_url) -> None
         tmp_path, database_url=sqlite_url, body_idle_timeout=0.3, body_timeout=1.0
     )
     async with running_app(settings) as (client, auth):
-        sent = 0
-
-        async def trickle():
-            nonlocal sent
-            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
-            for _ in range(100):
-                await asyncio.sleep(0.05)  # a byte every 50 ms: never idle, always too slow
-                sent += 1
-                yield b"\xff"
-
+        body = TrickledBody(
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n',
+            b"\xff",
+        )
         headers = {**auth(), "Content-Type": "multipart/form-data; boundary=b"}
-        response = await client.post("/users/me/avatar", content=trickle(), headers=headers)
+        response = await client.post("/users/me/avatar", content=body, headers=headers)
         assert_problem(response, 408, "request_timeout")
-        assert sent < 40
+        assert body.sent < 40
         assert stored_files(settings) == []
 
         async def stall():

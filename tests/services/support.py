@@ -10,9 +10,11 @@ import re
 import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 
 from app.core.config import Settings
@@ -30,7 +32,8 @@ class FaultyStorage:
     - ``lose_put_response``: write the object, then fail as if the answer was lost on the way
       back (a read timeout after the store did its work);
     - ``pause_after_puts``: after this many puts, wait until ``resume`` is set (an upload held
-      between writing its objects and committing its row).
+      between writing its objects and committing its row);
+    - ``on_get`` / ``on_delete``: awaited with the key before the call reaches the store.
     """
 
     def __init__(self, inner: Storage) -> None:
@@ -47,6 +50,7 @@ class FaultyStorage:
         # (an upload that commits in between, as beside a running gc).
         self.after_list: Callable[[], Awaitable[Any]] | None = None
         self.before_exists: Callable[[str], Awaitable[Any]] | None = None
+        self.on_get: Callable[[str], Any] | None = None
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_put(key):
@@ -60,6 +64,8 @@ class FaultyStorage:
             await self.resume.wait()
 
     async def get(self, key: str) -> bytes:
+        if self.on_get is not None:
+            await self.on_get(key)
         return await self.inner.get(key)
 
     async def delete(self, key: str) -> None:
@@ -90,6 +96,27 @@ class FaultyStorage:
 
     async def check(self) -> None:
         await self.inner.check()
+
+
+@asynccontextmanager
+async def faulty_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FaultyStorage]]:
+    """The app on the suite's real store, wrapped so faults can be switched on; the client
+    carries alice's token."""
+    from app.core.security import create_token
+    from app.main import create_app
+    from app.storage import build_storage
+    from tests.conftest import serving
+
+    inner = build_storage(settings)
+    faulty = FaultyStorage(inner)
+    try:
+        async with serving(create_app(settings, storage=faulty)) as client:
+            client.headers["Authorization"] = f"Bearer {create_token(settings, 'alice')}"
+            yield client, faulty
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
 
 
 async def store_snapshot(storage: Storage) -> dict[str, bytes]:

@@ -9,8 +9,6 @@ or S3 with AVATAR_TEST_STORAGE=s3) and on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -26,7 +24,7 @@ from app.storage.s3 import S3Storage
 from tests.conftest import serving
 from tests.images import jpeg_with_metadata
 from tests.s3 import closed_port, silent_endpoint
-from tests.services.support import FaultyStorage, store_snapshot, table_snapshot
+from tests.services.support import FaultyStorage, faulty_app, store_snapshot, table_snapshot
 
 PROBLEM = "application/problem+json"
 
@@ -37,21 +35,6 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> None:
     body = response.json()
     assert (body["status"], body["code"]) == (status, code)
     assert "Traceback" not in response.text
-
-
-@asynccontextmanager
-async def faulty_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FaultyStorage]]:
-    """The app on the suite's real store, wrapped so faults can be switched on."""
-    inner = build_storage(settings)
-    faulty = FaultyStorage(inner)
-    try:
-        async with serving(create_app(settings, storage=faulty)) as client:
-            client.headers["Authorization"] = f"Bearer {create_token(settings, 'alice')}"
-            yield client, faulty
-    finally:
-        close = getattr(inner, "close", None)
-        if close is not None:
-            close()
 
 
 async def upload(client: httpx.AsyncClient, color=(200, 60, 30)) -> httpx.Response:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from app.api.caching import client_has, etag_of
 from app.api.deps import (
@@ -23,11 +24,11 @@ from app.api.deps import (
 )
 from app.api.problems import problem_responses
 from app.api.schemas import AvatarPublic, InlineImage
-from app.api.upload import BASE64_FIELD, FILE_FIELD, read_upload
+from app.api.upload import BASE64_FIELD, FILE_FIELD, read_json_body, read_upload
 from app.core import errors
 from app.core.config import Settings
 from app.db.models import Avatar
-from app.imaging.pipeline import CropBox, parse_crop
+from app.imaging.pipeline import CropBox, PipelineOptions, parse_crop
 from app.services import avatars as service
 from app.storage.base import Storage
 
@@ -42,7 +43,9 @@ _CROP_HELP = (
 _INLINE_HELP = (
     "A variant name (e.g. `thumb`, `thumb-64`): the document then carries that image as a "
     "`data:image/webp;base64,...` URI, for e-mails and pages that must not fetch anything. "
-    "Refused with 422 `inline_too_large` above AVATAR_INLINE_MAX_BYTES."
+    "A name no avatar can have is 422 `unknown_variant` before anything is done. On a read, "
+    "an image above AVATAR_INLINE_MAX_BYTES is 422 `inline_too_large`; on an upload, which has "
+    "been stored by then, the document leaves `inline` out and says why in `inline_omitted`."
 )
 InlineQuery = Annotated[str | None, Query(description=_INLINE_HELP, max_length=64)]
 
@@ -117,13 +120,27 @@ class DocumentWriter:
     base_url: str
 
     async def __call__(
-        self, avatar: Avatar, *, inline: str | None, public: bool, status_code: int = 200
+        self,
+        avatar: Avatar,
+        *,
+        inline: str | None,
+        public: bool,
+        status_code: int = 200,
+        committed: bool = False,
     ) -> Response:
+        """``committed``: the request has changed the avatar already, so nothing may turn its
+        answer into an error any more: an inline image that cannot be given is left out, and
+        ``inline_omitted`` says why."""
         document = AvatarPublic.build(avatar, storage=self.storage, base_url=self.base_url)
         if inline is not None:
-            document.inline = await _inline(
-                avatar, inline, storage=self.storage, settings=self.settings
-            )
+            try:
+                document.inline = await _inline(
+                    avatar, inline, storage=self.storage, settings=self.settings
+                )
+            except (errors.InvalidRequest, errors.ServiceUnavailable) as exc:
+                if not committed:
+                    raise
+                document.inline_omitted = f"{exc.code}: {exc.detail}"
         body = document.model_dump_json().encode()
         etag = etag_of(body)
         headers = {
@@ -168,6 +185,15 @@ async def _inline(
     return InlineImage(
         variant=name, data_uri=f"data:{variant['content_type']};base64,{encoded}", bytes=len(data)
     )
+
+
+def check_inline_name(name: str | None, options: PipelineOptions) -> None:
+    """Refuse, before any work, a variant name no avatar made with these settings can have."""
+    if name is None:
+        return
+    known = ["original", *(square for square, _side in options.squares()), "still"]
+    if name not in known:
+        raise errors.UnknownVariant(f"No variant {name!r}; avatars have: {', '.join(known)}.")
 
 
 def _crop_box(value: str | list[int] | None) -> CropBox | None:
@@ -226,6 +252,8 @@ async def upload_avatar(
     crop: Annotated[str | None, Query(description=_CROP_HELP)] = None,
     inline: InlineQuery = None,
 ) -> Response:
+    # Every parameter is checked before the work: a refused request changes nothing.
+    check_inline_name(inline, options)
     crop_box = parse_crop(crop) if crop is not None else None
     # A place in the image pool is taken before the body is read: when the pool is full the
     # request is refused (503) having buffered nothing.
@@ -247,7 +275,11 @@ async def upload_avatar(
             upload=upload.data,
             crop=crop_box,
         )
-    return await write(avatar, inline=inline, public=False, status_code=201)
+    return await write(avatar, inline=inline, public=False, status_code=201, committed=True)
+
+
+# A crop change is a few dozen bytes of JSON; anything much longer is not one.
+PATCH_MAX_BYTES = 4096
 
 
 @router.patch(
@@ -255,14 +287,26 @@ async def upload_avatar(
     response_model=AvatarPublic,
     summary="Change the crop of the caller's avatar without a new upload",
     description="Every square size (and an animation's still) is derived again from the stored "
-    "original, cut from `crop`; the original itself is kept, so the crop can be changed again.",
+    "original, cut from `crop`; the original itself is kept, so the crop can be changed again. "
+    f"The body (JSON, at most {PATCH_MAX_BYTES} bytes) is read only after the token and the rate "
+    "limit have passed, within the body timeouts.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": AvatarPatch.model_json_schema()}},
+        }
+    },
     responses={
         200: {"headers": _DOCUMENT_HEADERS},
         **problem_responses(
             errors.NotAuthenticated,
             errors.AvatarNotFound,
             errors.AvatarChanged,
+            errors.RequestTimeout,
+            errors.PayloadTooLarge,
+            errors.UnsupportedContentType,
             errors.InvalidCrop,
+            errors.ImageTooComplex,
             errors.InvalidRequest,
             errors.RateLimited,
             errors.ServerBusy,
@@ -273,14 +317,27 @@ async def upload_avatar(
     },
 )
 async def update_avatar_crop(
-    patch: AvatarPatch,
+    request: Request,
     user_id: UploadingUser,
+    settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,
     pool: PoolDep,
     options: PipelineOptionsDep,
     write: DocumentDep,
 ) -> Response:
+    # No body parameter: FastAPI reads nothing before the token and the rate limit have passed.
+    body = await read_json_body(
+        request,
+        PATCH_MAX_BYTES,
+        idle_timeout=settings.body_idle_timeout,
+        total_timeout=settings.body_timeout,
+    )
+    try:
+        patch = AvatarPatch.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    crop = _crop_box(patch.crop)
     with pool.reserve():
         avatar = await service.recrop_avatar(
             sessions=sessions,
@@ -288,9 +345,9 @@ async def update_avatar_crop(
             pool=pool,
             options=options,
             user_id=user_id,
-            crop=_crop_box(patch.crop),
+            crop=crop,
         )
-    return await write(avatar, inline=None, public=False)
+    return await write(avatar, inline=None, public=False, committed=True)
 
 
 _READ_ERRORS = (errors.AvatarNotFound, errors.UnknownVariant, errors.InlineTooLarge)

@@ -6,10 +6,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.api.deps import PipelineOptionsDep, PoolDep, SessionsDep, StorageDep
+from app.api.deps import SelfTestDep, SessionsDep, StorageDep
 from app.api.schemas import HealthStatus
 from app.core.errors import AppError
-from app.services.selftest import run_selftest
 
 router = APIRouter(tags=["health"])
 
@@ -34,17 +33,20 @@ async def healthz() -> HealthStatus:
 async def readyz(
     sessions: SessionsDep,
     storage: StorageDep,
-    pool: PoolDep,
-    options: PipelineOptionsDep,
+    selftest: SelfTestDep,
     deep: Annotated[
-        bool, Query(description="Also run bundled tricky images through the live codecs.")
+        bool,
+        Query(
+            description="Also run bundled tricky images through the live codecs: at most once "
+            "per AVATAR_SELFTEST_INTERVAL, beside the upload pool; in between, the last report."
+        ),
     ] = False,
 ) -> HealthStatus | JSONResponse:
     checks: dict[str, str] = {}
     images: dict[str, dict[str, object]] = {}
     if deep:
         try:
-            images = await pool.run(run_selftest, options)
+            images = await selftest.report()
         except AppError as exc:  # the pool is full: the replica is busy, not broken
             checks["imaging"] = f"unavailable ({exc.code})"
         else:

@@ -9,12 +9,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from app.api.caching import client_has, etag_of
-from app.api.deps import PathUserId, PoolDep, SessionsDep, SettingsDep, StorageDep
+from app.api.deps import DefaultImagesDep, PathUserId, SessionsDep, SettingsDep, StorageDep
 from app.api.problems import problem_responses
 from app.api.routes.media import MEDIA_CSP
 from app.core import errors
 from app.db.models import Avatar
-from app.imaging.generated import default_avatar
 from app.services import avatars as service
 
 router = APIRouter(tags=["avatars"])
@@ -52,13 +51,14 @@ def _image(request: Request, data: bytes, *, max_age: int, content_type: str) ->
     description="The smallest stored square of at least `size` px (else the largest). With "
     "storage that serves objects directly (S3, a CDN) the answer is a redirect to it. Users "
     "without an avatar get `default`: 404, or a generated image (initials, identicon, or "
-    "`mp`, a silhouette), the same for the same user every time.",
+    "`mp`, a silhouette), the same for the same user every time. Generated images are kept once "
+    "made; making new ones is limited per client address (AVATAR_DEFAULT_RATE_LIMIT, then 429).",
     response_class=Response,
     responses={
         200: {"content": {"image/webp": {}}, "description": "The image."},
         302: {"description": "Redirect to the stored object (storage that serves objects)."},
         304: {"description": "Not modified."},
-        **problem_responses(errors.AvatarNotFound, errors.ServerBusy),
+        **problem_responses(errors.AvatarNotFound, errors.RateLimited, errors.ServerBusy),
     },
 )
 async def read_avatar_image(
@@ -67,7 +67,7 @@ async def read_avatar_image(
     settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,
-    pool: PoolDep,
+    defaults: DefaultImagesDep,
     size: Annotated[int, Query(ge=1, le=4096, description="Wanted side in px.")] = DEFAULT_SIZE,
     default: Annotated[
         Literal["404", "initials", "identicon", "mp"],
@@ -81,7 +81,8 @@ async def read_avatar_image(
         if default == "404":
             raise
         side = min(size, MAX_DEFAULT_SIZE)
-        data = await pool.run(default_avatar, default, user_id, side)
+        client = request.client.host if request.client else "unknown"
+        data = await defaults.image(default, user_id, side, client=client)
         return _image(request, data, max_age=max_age, content_type="image/webp")
 
     square = pick_square(avatar, size)
