@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from app.core.errors import (
     RequestTimeout,
     UnsupportedContentType,
 )
+from app.imaging.pool import Place
 
 # Room for the multipart envelope (boundaries, part headers, a file name) around the file.
 ENVELOPE_BYTES = 16 * 1024
@@ -206,3 +208,25 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     return data
+
+
+@contextlib.asynccontextmanager
+async def abandoned_on_disconnect(request: Request, place: Place) -> AsyncIterator[None]:
+    """While the block runs (after the body was read), a client that closes its connection
+    abandons ``place``: its image job is stopped and its worker replaced at once, instead of
+    holding a pool place until the job ends or reaches its deadline for an answer nobody reads.
+    Only the image job is stopped; storage and database steps already under way finish or
+    compensate as for any failure."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        place.abandon()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

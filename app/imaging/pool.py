@@ -42,7 +42,13 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, ParamSpec, TypeVar
 
-from app.core.errors import AppError, CorruptImage, ImageTooComplex, ServerBusy
+from app.core.errors import (
+    AppError,
+    ClientDisconnected,
+    CorruptImage,
+    ImageTooComplex,
+    ServerBusy,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -78,15 +84,23 @@ class WorkerTraceback(Exception):
     """The traceback of an exception raised in a worker, attached as its ``__cause__``."""
 
 
-class _Place:
+class Place:
+    """A request's place in the pool, held from before its body is read until its job stops."""
+
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.job: Future[Any] | None = None
         self.cancelled = threading.Event()
 
+    def abandon(self) -> None:
+        """Nobody will read this place's work (its client went away): a job running in it is
+        stopped and its worker replaced, and one not started yet never starts. Either raises
+        ``ClientDisconnected`` in the request, whose compensation then runs as for any failure."""
+        self.cancelled.set()
+
 
 # The place the current request (asyncio task) holds, if any.
-_held: ContextVar[_Place | None] = ContextVar("imaging_place", default=None)
+_held: ContextVar[Place | None] = ContextVar("imaging_place", default=None)
 
 
 class _Worker:
@@ -155,7 +169,7 @@ class WorkerPool:
         return self._admitted
 
     @contextmanager
-    def reserve(self) -> Iterator[None]:
+    def reserve(self) -> Iterator[Place]:
         """Take a place or raise ``ServerBusy``. It is held until the block ends and the job
         started in it (by ``run``) has stopped."""
         with self._lock:
@@ -165,10 +179,10 @@ class WorkerPool:
                     retry_after=self.retry_after,
                 )
             self._admitted += 1
-        place = _Place(self)
+        place = Place(self)
         token = _held.set(place)
         try:
-            yield
+            yield place
         finally:
             _held.reset(token)
             job = place.job
@@ -200,6 +214,8 @@ class WorkerPool:
     # In a dispatcher thread -----------------------------------------------------------------
 
     def _dispatch(self, call: functools.partial[Any], cancelled: threading.Event) -> Any:
+        if cancelled.is_set():  # abandoned before it started
+            raise ClientDisconnected("The client went away before its image was processed.")
         worker = self._worker()
         start = time.perf_counter()
         try:
@@ -214,7 +230,8 @@ class WorkerPool:
         while not ready:
             if cancelled.is_set():
                 self._replace(worker, kill=True)
-                return None  # nobody reads it
+                self._observed(start)
+                raise ClientDisconnected("The client went away; its image job was stopped.")
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 self._replace(worker, kill=True)

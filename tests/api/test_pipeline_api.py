@@ -11,7 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from app.core.security import create_token
 from app.imaging import pipeline
+from app.main import create_app
 from tests.bodies import CountingBody
 from tests.conftest import make_settings, running_app, stored_files
 from tests.images import (
@@ -20,7 +22,7 @@ from tests.images import (
     jpeg_with_metadata,
     progressive_jpeg_with_scans,
 )
-from tests.workers import Hold
+from tests.workers import Hold, is_running
 
 PROBLEM = "application/problem+json"
 
@@ -246,6 +248,70 @@ async def test_healthz_answers_while_uploads_are_processed(
         hold.release()
         assert [(await task).status_code for task in uploads] == [201] * 4
     assert max(latencies) < 0.5, latencies  # the benchmark measures the real p99 under load
+
+
+async def test_a_client_gone_mid_processing_stops_its_job_and_frees_its_place(
+    tmp_path, sqlite_url, monkeypatch
+) -> None:
+    """The body arrives whole, then the client closes the connection while its image is being
+    processed: the job's worker is killed at once (not left to its deadline), nothing is
+    stored, and the place is free for the next upload."""
+    hold = blocking_pipeline(monkeypatch, tmp_path)
+    settings = make_settings(tmp_path, database_url=sqlite_url, workers=1, queue_size=0)
+    application = create_app(settings)
+    token = create_token(settings, "alice")
+    request = httpx.Request(
+        "POST",
+        "http://testserver/users/me/avatar",
+        headers={"Authorization": f"Bearer {token}"},
+        files=files(jpeg_with_metadata()),
+    )
+    body = request.read()
+    gone = asyncio.Event()
+    bodies_sent = 0
+
+    async def receive() -> dict:
+        nonlocal bodies_sent
+        if bodies_sent == 0:
+            bodies_sent += 1
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/users/me/avatar",
+        "raw_path": b"/users/me/avatar",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.encode(), v.encode()) for k, v in request.headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    async with application.router.lifespan_context(application):
+        task = asyncio.create_task(application(scope, receive, send))
+        (pid,) = await hold.wait_started()
+        gone.set()
+        await asyncio.wait_for(task, 10)  # the held job alone would wait 30 s for its release
+        assert not is_running(pid)
+        assert application.state.pool.in_flight == 0
+        assert stored_files(settings) == []
+        hold.release()
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            again = await client.post(
+                "/users/me/avatar",
+                headers={"Authorization": f"Bearer {token}"},
+                files=files(jpeg_with_metadata()),
+            )
+            assert again.status_code == 201
 
 
 # Storage of the report ------------------------------------------------------------------------

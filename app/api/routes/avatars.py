@@ -24,7 +24,13 @@ from app.api.deps import (
 )
 from app.api.problems import problem_responses
 from app.api.schemas import AvatarPublic, InlineImage
-from app.api.upload import BASE64_FIELD, FILE_FIELD, read_json_body, read_upload
+from app.api.upload import (
+    BASE64_FIELD,
+    FILE_FIELD,
+    abandoned_on_disconnect,
+    read_json_body,
+    read_upload,
+)
 from app.core import errors
 from app.core.config import Settings
 from app.db.models import Avatar
@@ -257,7 +263,7 @@ async def upload_avatar(
     crop_box = parse_crop(crop) if crop is not None else None
     # A place in the image pool is taken before the body is read: when the pool is full the
     # request is refused (503) having buffered nothing.
-    with pool.reserve():
+    with pool.reserve() as place:
         upload = await read_upload(
             request,
             settings.max_upload_bytes,
@@ -266,15 +272,16 @@ async def upload_avatar(
         )
         if crop_box is None and CROP_FIELD in upload.fields:
             crop_box = parse_crop(upload.fields[CROP_FIELD])
-        avatar = await service.replace_avatar(
-            sessions=sessions,
-            storage=storage,
-            pool=pool,
-            options=options,
-            user_id=user_id,
-            upload=upload.data,
-            crop=crop_box,
-        )
+        async with abandoned_on_disconnect(request, place):
+            avatar = await service.replace_avatar(
+                sessions=sessions,
+                storage=storage,
+                pool=pool,
+                options=options,
+                user_id=user_id,
+                upload=upload.data,
+                crop=crop_box,
+            )
     return await write(avatar, inline=inline, public=False, status_code=201, committed=True)
 
 
@@ -338,15 +345,16 @@ async def update_avatar_crop(
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     crop = _crop_box(patch.crop)
-    with pool.reserve():
-        avatar = await service.recrop_avatar(
-            sessions=sessions,
-            storage=storage,
-            pool=pool,
-            options=options,
-            user_id=user_id,
-            crop=crop,
-        )
+    with pool.reserve() as place:
+        async with abandoned_on_disconnect(request, place):
+            avatar = await service.recrop_avatar(
+                sessions=sessions,
+                storage=storage,
+                pool=pool,
+                options=options,
+                user_id=user_id,
+                crop=crop,
+            )
     return await write(avatar, inline=None, public=False, committed=True)
 
 
