@@ -10,6 +10,7 @@ import functools
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ def busy_with_pillow() -> None:
 def _held(folder: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     hold = Path(folder)
     (hold / f"started-{os.getpid()}").touch()
+    (hold / f"call-{uuid.uuid4().hex}").touch()
     deadline = time.monotonic() + 30
     while not (hold / "release").exists():
         if time.monotonic() > deadline:
@@ -76,6 +78,10 @@ class Hold:
             while len(self.started()) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         return self.started()
+
+    def calls(self) -> int:
+        """How many held jobs have started, in any worker."""
+        return len(list(self.folder.glob("call-*")))
 
     def release(self) -> None:
         (self.folder / "release").touch()

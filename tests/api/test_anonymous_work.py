@@ -4,36 +4,21 @@ a place in the upload pool, is done once and kept, and is rate-limited per clien
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 
 from app.services import defaults as defaults_module
 from app.services.defaults import SIDE_QUEUE, SIDE_WORKERS
 from tests.conftest import assert_problem, files, make_settings, running_app
 from tests.images import jpeg_with_metadata
+from tests.workers import Hold
 
 
-class Renders:
-    """Every default render records its user and waits for ``release``: the pool stays full."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.first = threading.Event()
-        self.release = threading.Event()
-
-
-def blocked_renders(monkeypatch) -> Renders:
-    real = defaults_module.default_avatar
-    renders = Renders()
-
-    def slow(style: str, user_id: str, size: int) -> bytes:
-        renders.started.append(user_id)
-        renders.first.set()
-        renders.release.wait(30)
-        return real(style, user_id, size)
-
-    monkeypatch.setattr(defaults_module, "default_avatar", slow)
-    return renders
+def blocked_renders(monkeypatch, tmp_path) -> Hold:
+    """Every default render (in a side-pool worker process) waits for the hold's release: the
+    side pool stays full until then."""
+    hold = Hold(tmp_path / "renders")
+    monkeypatch.setattr(defaults_module, "default_avatar", hold.job(defaults_module.default_avatar))
+    return hold
 
 
 async def test_a_flood_of_anonymous_renders_leaves_uploads_their_pool(
@@ -42,7 +27,7 @@ async def test_a_flood_of_anonymous_renders_leaves_uploads_their_pool(
     settings = make_settings(
         tmp_path, database_url=sqlite_url, workers=1, queue_size=0, default_rate_limit="20/minute"
     )
-    renders = blocked_renders(monkeypatch)
+    renders = blocked_renders(monkeypatch, tmp_path)
     async with running_app(settings) as (client, auth):
         flood = [
             asyncio.ensure_future(
@@ -51,7 +36,7 @@ async def test_a_flood_of_anonymous_renders_leaves_uploads_their_pool(
             for index in range(40)
         ]
         deep = [asyncio.ensure_future(client.get("/readyz", params={"deep": 1})) for _ in range(5)]
-        assert await asyncio.to_thread(renders.first.wait, 10)
+        await renders.wait_started()
         try:
             # Every place of the side pool is taken, and the upload pool has one place only.
             response = await client.post(
@@ -59,7 +44,7 @@ async def test_a_flood_of_anonymous_renders_leaves_uploads_their_pool(
             )
             assert response.status_code == 201, response.text
         finally:
-            renders.release.set()
+            renders.release()
         answers = Counter(r.status_code for r in await asyncio.gather(*flood))
         assert set(answers) <= {200, 429, 503}, answers
         assert answers[429] == 40 - 20  # past the per-client limit: nothing rendered
@@ -74,36 +59,31 @@ async def test_generated_images_are_rendered_once_and_cached_ones_are_not_limite
     tmp_path, sqlite_url, monkeypatch
 ) -> None:
     settings = make_settings(tmp_path, database_url=sqlite_url, default_rate_limit="3/minute")
-    renders = blocked_renders(monkeypatch)
-    renders.release.set()
+    renders = blocked_renders(monkeypatch, tmp_path)
+    renders.release()
     async with running_app(settings) as (client, _auth):
         for user in ("ann", "bob", "cyd"):  # mp is the same picture for everyone
             response = await client.get(f"/avatars/{user}", params={"default": "mp", "size": 64})
             assert response.status_code == 200
-        assert len(renders.started) == 1
+        assert renders.calls() == 1
         for user in ("ann", "bob"):
             response = await client.get(f"/avatars/{user}", params={"default": "initials"})
             assert response.status_code == 200
-        assert len(renders.started) == 3
+        assert renders.calls() == 3
         refused = await client.get("/avatars/dee", params={"default": "initials"})
         assert_problem(refused, 429, "rate_limited")
         assert int(refused.headers["retry-after"]) >= 1
         again = await client.get("/avatars/ann", params={"default": "initials"})
         assert again.status_code == 200  # already made: served past the limit
-        assert len(renders.started) == 3
+        assert renders.calls() == 3
 
 
 async def test_the_deep_selftest_runs_at_most_once_per_interval(
     tmp_path, sqlite_url, monkeypatch
 ) -> None:
-    real = defaults_module.run_selftest
-    runs: list[int] = []
-
-    def counted(options):
-        runs.append(1)
-        return real(options)
-
-    monkeypatch.setattr(defaults_module, "run_selftest", counted)
+    runs = Hold(tmp_path / "selftests")
+    runs.release()  # counted, never held
+    monkeypatch.setattr(defaults_module, "run_selftest", runs.job(defaults_module.run_selftest))
     settings = make_settings(tmp_path, database_url=sqlite_url, selftest_interval=3600)
     async with running_app(settings) as (client, _auth):
         answers = await asyncio.gather(
@@ -111,9 +91,9 @@ async def test_the_deep_selftest_runs_at_most_once_per_interval(
         )
         assert {a.status_code for a in answers} == {200}
         assert len({a.text for a in answers}) == 1  # one report, shared
-        assert len(runs) == 1
+        assert runs.calls() == 1
     settings = make_settings(tmp_path, database_url=sqlite_url, selftest_interval=0)
     async with running_app(settings) as (client, _auth):
         for _ in range(2):
             assert (await client.get("/readyz", params={"deep": 1})).status_code == 200
-        assert len(runs) == 3
+        assert runs.calls() == 3
