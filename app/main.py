@@ -16,6 +16,7 @@ from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
+from app.services.outbox import dispatching
 from app.services.runtime import (  # noqa: F401 (callers import these from here)
     check_storage,
     close_storage,
@@ -49,7 +50,9 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
                 else None
             )
             try:
-                yield
+                # Events leave the outbox from here (unless dedicated workers send them).
+                async with dispatching(settings, runtime.sessions, app_metrics):
+                    yield
             finally:
                 if app.state.rate_limiter is not None:
                     await app.state.rate_limiter.close()
