@@ -120,7 +120,9 @@ def list_events(
             _when(row.next_attempt_at) if row.status == "pending" else "-",
             row.last_error or "",
         )
-    console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+    # Ids and errors are printed whole, for copying and grepping, however narrow the terminal.
+    wide = max(Console().width, 240)
+    console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False, width=wide)
     console.print(table)
     console.print(f"{len(rows)} rows" + (" (--limit reached)" if len(rows) == limit else ""))
 

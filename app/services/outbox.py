@@ -54,6 +54,8 @@ LEASE_MARGIN = 15.0
 ROUTE_BATCH = 200
 GAUGE_INTERVAL = 5.0
 PRUNE_INTERVAL = 600.0
+# How long a stopping dispatcher waits for the requests it has in flight.
+CLOSE_GRACE = 5.0
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -172,9 +174,13 @@ class Dispatcher:
             await self.close()
 
     async def close(self) -> None:
-        """Cancel deliveries in flight and give their leases back, so that another dispatcher
-        sends them at once (the receiver may have had them: at least once)."""
-        cancelled = list(self.in_flight.items())
+        """Let deliveries in flight finish for a few seconds; cancel what is still running then
+        and give its lease back, so that another dispatcher sends it at once (the receiver may
+        have had it: at least once)."""
+        if self.in_flight:
+            grace = min(self.settings.events_timeout, CLOSE_GRACE)
+            await asyncio.wait(list(self.in_flight), timeout=grace)
+        cancelled = [(task, item) for task, item in self.in_flight.items() if not task.done()]
         for task, _item in cancelled:
             task.cancel()
         if cancelled:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from sqlalchemy import text
 
 from app.db.session import create_engine, create_sessionmaker
 from app.services.events import EVENT_SCHEMAS
@@ -311,3 +312,64 @@ async def test_varnish_purge_method_with_the_url_itself(tmp_path: Path, sqlite_u
         ("PURGE", "/avatars/alice"),
         ("PURGE", "/users/alice/avatar"),
     ]
+
+
+def test_outbox_tables_migrate_up_and_down(tmp_path: Path) -> None:
+    import sqlite3
+
+    from app.db.migrate import downgrade, upgrade
+
+    path = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    def tables() -> set[str]:
+        with sqlite3.connect(path) as db:
+            return {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+
+    upgrade(url, "0003")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO avatars (user_id, version, width, height, source_format, variants, "
+            "created_at, updated_at) VALUES ('u', 'v', 1, 1, 'JPEG', '[]', '2026-01-01', "
+            "'2026-01-01')"
+        )
+    upgrade(url, "0004")
+    assert {"outbox_events", "outbox_deliveries"} <= tables()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO outbox_events (id, type, user_id, occurred_at) "
+            "VALUES ('evt_1', 'avatar.deleted', 'u', '2026-01-01')"
+        )
+        db.execute(
+            "INSERT INTO outbox_deliveries (event_seq, target, user_id, status, attempts, "
+            "next_attempt_at) VALUES (1, 'cdn-purge', 'u', 'pending', 0, '2026-01-01')"
+        )
+    downgrade(url, "0003")
+    assert not {"outbox_events", "outbox_deliveries"} & tables()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT user_id FROM avatars").fetchall() == [("u",)]
+    upgrade(url)
+    assert {"outbox_events", "outbox_deliveries"} <= tables()
+
+
+@pytest.mark.postgres
+async def test_outbox_tables_migrate_up_and_down_on_postgres(postgres_url: str) -> None:
+    from app.db.migrate import downgrade, upgrade
+
+    async def tables() -> set[str]:
+        engine = create_engine(postgres_url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                )
+                return {name for (name,) in rows}
+        finally:
+            await engine.dispose()
+
+    await asyncio.to_thread(downgrade, postgres_url, "0003")
+    try:
+        assert not {"outbox_events", "outbox_deliveries"} & await tables()
+    finally:
+        await asyncio.to_thread(upgrade, postgres_url)
+    assert {"outbox_events", "outbox_deliveries"} <= await tables()
