@@ -164,8 +164,10 @@ class Dispatcher:
             while not stop.is_set():
                 try:
                     await self.round()
-                except Exception:
-                    logger.exception("event dispatcher round failed; trying again")
+                except Exception as exc:
+                    # The database is down or busy: the next round tries again; uploads fail
+                    # on their own with 503 meanwhile, so one line is enough here.
+                    logger.warning("event dispatcher: %s: %s", type(exc).__name__, _line(exc))
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.settings.events_poll_interval):
@@ -349,6 +351,11 @@ class Dispatcher:
             self._pruned_at = clock
             cutoff = now - timedelta(days=self.settings.events_retention_days)
             await prune(self.sessions, cutoff, list(self.targets))
+
+
+def _line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [""])[0][:300]
 
 
 @asynccontextmanager
