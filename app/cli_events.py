@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from app.core.config import ConfigurationError, Settings, load_settings
+from app.core.config import Settings
 
 T = TypeVar("T")
 
@@ -27,11 +27,10 @@ class Status(StrEnum):
 
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    """The settings, or exit 2 with the reason (as every command does)."""
+    from app.cli import _settings as cli_settings  # app.cli registers this group at its end
+
+    return cli_settings()
 
 
 def _with_sessions(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
@@ -52,9 +51,12 @@ def _with_sessions(settings: Settings, work: Callable[[Any], Coroutine[Any, Any,
     try:
         return asyncio.run(run())
     except (SQLAlchemyError, OSError) as exc:
-        cause = getattr(exc, "orig", None) or exc
-        first = (str(cause).strip().splitlines() or [""])[0]
-        typer.echo(f"error: the database cannot be used: {type(cause).__name__}: {first}", err=True)
+        from app.cli import _database_error
+
+        reason = _database_error(exc)
+        if "outbox_" in reason and ("no such table" in reason or "does not exist" in reason):
+            reason += " (run `avatar-service migrate` first)"
+        typer.echo(f"error: the database cannot be used: {reason}", err=True)
         raise typer.Exit(1) from None
 
 
