@@ -3,8 +3,9 @@
 It listens on a free 127.0.0.1 port in a thread, verifies every webhook it gets with the
 ``standardwebhooks`` library (once per secret it was given: each must verify on its own), and
 records what came in. ``mode`` sets how it answers: ``ok`` (204), ``slow`` (204 after 50 ms),
-``fail`` (500), ``redirect`` (307 to another path), ``hang`` (reads the request, never answers
-until stopped); ``stop()`` and ``start()`` take it down and bring it back on the same port.
+``late`` (204 after 1 s), ``fail`` (500), ``redirect`` (307 to another path), ``hang`` (reads
+the request, never answers until stopped); ``stop()`` and ``start()`` take it down and bring it
+back on the same port.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ class Receiver:
                     return
                 if mode == "slow":  # long enough for requests to overlap
                     time.sleep(0.05)
-                status = {"ok": 204, "slow": 204, "fail": 500, "redirect": 307}[mode]
+                elif mode == "late":  # the work is done, the answer comes after the timeout
+                    time.sleep(1.0)
+                status = {"ok": 204, "slow": 204, "late": 204, "fail": 500, "redirect": 307}[mode]
                 self.send_response(status)
                 if status == 307:
                     self.send_header("Location", "/elsewhere")

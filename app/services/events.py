@@ -200,7 +200,7 @@ class PurgeTarget:
         return event_type in self.template.events
 
     def requests(self) -> int:
-        return 2  # unversioned_urls
+        return len(unversioned_urls("", "-"))
 
     def purge_requests(self, user_id: str, public_base_url: str) -> list[httpx.Request]:
         made = []

@@ -155,7 +155,6 @@ class Dispatcher:
             follow_redirects=False,
             timeout=httpx.Timeout(settings.events_timeout),
             limits=httpx.Limits(max_connections=concurrency),
-            trust_env=False,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

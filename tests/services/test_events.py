@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 from sqlalchemy import text
 
+from app.core.config import Settings
 from app.db.session import create_engine, create_sessionmaker
 from app.services.events import EVENT_SCHEMAS
 from app.services.outbox import Dispatcher, list_deliveries, replay
@@ -178,6 +179,34 @@ async def test_redirects_are_never_followed(receiver_settings) -> None:
     delivery = event["deliveries"]["webhook:test"]
     assert delivery["status"] == "pending"
     assert delivery["last_error"] == "HTTP 307 (redirect to /elsewhere, not followed)"
+
+
+async def test_answers_after_the_timeout_are_the_duplicates_receivers_must_expect(
+    receiver_settings,
+) -> None:
+    """A receiver that did the work but answered too late gets the event again: at least once,
+    with the same webhook-id each time."""
+    receiver, settings = receiver_settings
+    settings = settings.model_copy(update={"events_timeout": 0.3})
+    receiver.mode = "late"
+    async with running_app(settings) as (client, auth):
+        assert (await client.post("/users/me/avatar", headers=auth(), files=image())).status_code
+        await wait_until(lambda: len(receiver.snapshot()) >= 2, what="two late attempts")
+        receiver.mode = "ok"
+        deadline = time.monotonic() + 20
+        while (delivery := await _only_delivery(settings))["status"] != "delivered":
+            assert time.monotonic() < deadline, delivery
+            await asyncio.sleep(0.1)
+    [event] = await outbox(settings.database_url)
+    # Every attempt reached the receiver; all but the one answered in time are duplicates.
+    received = [r.event_id for r in receiver.snapshot()]
+    assert received == [event["id"]] * delivery["attempts"]
+    assert len(received) >= 3
+
+
+async def _only_delivery(settings: Settings) -> dict:
+    [event] = await outbox(settings.database_url)
+    return event["deliveries"].get("webhook:test", {"status": "unrouted"})
 
 
 async def test_upload_never_waits_for_a_receiver_that_never_answers(
