@@ -339,13 +339,18 @@ class Dispatcher:
                 delay = (now - as_utc(item.event.occurred_at)).total_seconds()
                 self.metrics.event_delivery_delay.labels(item.target).observe(delay)
 
-    async def _housekeeping(self, now: datetime) -> None:
-        clock = time.monotonic()
-        if self.metrics is not None and clock - self._gauges_at >= GAUGE_INTERVAL:
-            self._gauges_at = clock
+    async def update_gauges(self) -> None:
+        """Count pending and dead deliveries in the database (every process sees them all)."""
+        if self.metrics is not None:
             counts = await count_deliveries(self.sessions, list(self.targets))
             self.metrics.events_pending.set(counts.pending)
             self.metrics.events_dead.set(counts.dead)
+
+    async def _housekeeping(self, now: datetime) -> None:
+        clock = time.monotonic()
+        if clock - self._gauges_at >= GAUGE_INTERVAL:
+            self._gauges_at = clock
+            await self.update_gauges()
         if clock - self._pruned_at >= PRUNE_INTERVAL:
             self._pruned_at = clock
             cutoff = now - timedelta(days=self.settings.events_retention_days)

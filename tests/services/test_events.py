@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.db.session import create_engine, create_sessionmaker
 from app.services.events import EVENT_SCHEMAS
 from app.services.outbox import Dispatcher, list_deliveries, replay
@@ -247,7 +248,12 @@ async def test_failures_are_retried_with_backoff_then_dead_and_replay_sends_agai
             ).status_code
         engine = create_engine(settings.database_url)
         sessions = create_sessionmaker(engine)
-        dispatcher = Dispatcher(sessions=sessions, settings=settings)
+        metrics = Metrics()
+        dispatcher = Dispatcher(sessions=sessions, settings=settings, metrics=metrics)
+
+        def sample(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, labels)
+
         try:
             deadline = time.monotonic() + 10
             status = None
@@ -265,6 +271,11 @@ async def test_failures_are_retried_with_backoff_then_dead_and_replay_sends_agai
                 assert gap >= min(0.2 * 2**n, 1.0) / 2 - 0.05, gaps
             [row] = await list_deliveries(sessions, status="dead")
             assert row.last_error == "HTTP 500" and row.attempts == len(attempts)
+            counted = "avatar_event_deliveries_total"
+            assert sample(counted, target="webhook:test", outcome="retried") == len(attempts) - 1
+            assert sample(counted, target="webhook:test", outcome="dead") == 1
+            await dispatcher.update_gauges()
+            assert (sample("avatar_events_dead"), sample("avatar_events_pending")) == (1, 0)
 
             receiver.mode = "ok"
             assert await replay(sessions, settings, dead=True) == 1
@@ -277,6 +288,9 @@ async def test_failures_are_retried_with_backoff_then_dead_and_replay_sends_agai
             assert await replay(sessions, settings, event_ids=[event["id"]]) == 1
             await dispatcher.drain(within=5)
             assert receiver.delivered_ids() == [event["id"], event["id"]]
+            assert sample(counted, target="webhook:test", outcome="delivered") == 2
+            delay = "avatar_event_delivery_delay_seconds_count"
+            assert sample(delay, target="webhook:test") == 2
         finally:
             await dispatcher.close()
             await engine.dispose()
