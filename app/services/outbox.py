@@ -219,12 +219,12 @@ class Dispatcher:
         self.wake.set()
 
     async def drain(self, within: float = 30.0) -> None:
-        """Rounds until nothing is due or in flight (the tests and ``events work --once``)."""
+        """Rounds until nothing is due or in flight, or ``within`` seconds passed."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             started = await self.round()
             if self.in_flight:
-                await asyncio.wait(self.in_flight, timeout=deadline - time.monotonic())
+                await asyncio.wait(list(self.in_flight), timeout=deadline - time.monotonic())
             elif not started:
                 return
 
