@@ -105,7 +105,9 @@ async def replace_avatar(
         "updated_at": utcnow(),
     }
     avatar, old_keys = await _commit_or_compensate(
-        storage, [v.key for v in stored], _swap_row(sessions, user_id, fields, "avatar.updated")
+        storage,
+        [v.key for v in stored],
+        _swap_row(sessions, user_id, fields, event_type="avatar.updated"),
     )
     await delete_objects(storage, old_keys)
     return avatar
@@ -153,7 +155,13 @@ async def recrop_avatar(
     avatar, old_keys = await _commit_or_compensate(
         storage,
         [v.key for v in stored],
-        _swap_row(sessions, user_id, fields, "avatar.cropped", expected_version=current.version),
+        _swap_row(
+            sessions,
+            user_id,
+            fields,
+            event_type="avatar.cropped",
+            expected_version=current.version,
+        ),
     )
     await delete_objects(storage, [key for key in old_keys if key != original["key"]])
     return avatar
@@ -220,13 +228,14 @@ async def _swap_row(
     sessions: async_sessionmaker[AsyncSession],
     user_id: str,
     fields: dict[str, Any],
-    event_type: EventType,
     *,
+    event_type: EventType = "avatar.updated",
     expected_version: str | None = None,
 ) -> tuple[Avatar, list[str]]:
     """Point the user's row at the new objects; return it and the keys it pointed at before.
 
     With ``expected_version``, the row must still be at that version (else AvatarChanged).
+    The change's ``event_type`` goes into the outbox in the same transaction.
     """
     for attempt in range(_ROW_ATTEMPTS):
         try:
