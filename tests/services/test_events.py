@@ -16,10 +16,12 @@ from sqlalchemy import text
 
 from app.core.config import Settings
 from app.core.metrics import Metrics
+from app.core.security import create_token
 from app.db.session import create_engine, create_sessionmaker
+from app.main import create_app
 from app.services.events import EVENT_SCHEMAS
 from app.services.outbox import Dispatcher, list_deliveries, replay
-from tests.conftest import ROOT, make_settings, running_app
+from tests.conftest import ROOT, make_settings, running_app, serving
 from tests.images import jpeg_with_metadata
 from tests.webhooks import (
     HOOK_PATH,
@@ -99,6 +101,34 @@ async def test_each_change_writes_one_event_with_its_versions(receiver_settings)
         "url": "https://avatars.example.com/users/alice/avatar",
     }
     assert "url" not in bodies[3]["data"]
+
+
+async def test_a_change_whose_commit_fails_leaves_no_event(
+    tmp_path: Path, database_url: str
+) -> None:
+    from sqlalchemy import event as orm_event
+    from sqlalchemy.exc import OperationalError
+
+    await clear_outbox(database_url)
+    settings = make_settings(tmp_path, database_url=database_url, events_dispatcher=False)
+
+    def refuse(_connection) -> None:
+        raise OperationalError("COMMIT", {}, ConnectionResetError("injected: lost at commit"))
+
+    app = create_app(settings)
+    async with serving(app) as client:
+        client.headers["Authorization"] = f"Bearer {create_token(settings, 'alice')}"
+        assert (await client.post("/users/me/avatar", files=image())).status_code == 201
+        before = await outbox(database_url)
+        orm_event.listen(app.state.engine.sync_engine, "commit", refuse)
+        try:
+            assert (await client.post("/users/me/avatar", files=image())).status_code == 503
+            assert (await client.patch("/users/me/avatar", json={"crop": None})).status_code == 503
+            assert (await client.delete("/users/me/avatar")).status_code == 503
+        finally:
+            orm_event.remove(app.state.engine.sync_engine, "commit", refuse)
+    assert await outbox(database_url) == before
+    assert [e["type"] for e in before] == ["avatar.updated"]
 
 
 async def test_every_webhook_verifies_with_each_of_two_secrets(receiver_settings) -> None:
