@@ -688,6 +688,11 @@ def process(
         raise typer.Exit(1)
 
 
+from app.cli_events import events_cli  # noqa: E402 (the group registers its commands)
+
+cli.add_typer(events_cli, name="events")
+
+
 def main() -> None:
     cli()
 

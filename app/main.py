@@ -22,6 +22,7 @@ from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
 from app.services.defaults import DefaultImages, SelfTest, side_pool
+from app.services.outbox import dispatching
 from app.services.runtime import (  # noqa: F401 (callers import these from here)
     check_storage,
     close_storage,
@@ -71,7 +72,9 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
                 anonymous_pool, runtime.options, interval=settings.selftest_interval
             )
             try:
-                yield
+                # Events leave the outbox from here (unless dedicated workers send them).
+                async with dispatching(settings, runtime.sessions, app_metrics):
+                    yield
             finally:
                 anonymous_pool.shutdown()
                 for limiter in (app.state.rate_limiter, default_limiter):

@@ -8,9 +8,9 @@ import re
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -28,6 +28,68 @@ S3_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0
 
 class ConfigurationError(RuntimeError):
     """The settings cannot run a service; the message says which one and why."""
+
+
+# What the outbox tells receivers (app/services/events.py).
+EventType = Literal["avatar.updated", "avatar.cropped", "avatar.deleted"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+# Standard Webhooks: secrets are "whsec_" and base64 of 24 to 64 random bytes.
+MIN_WEBHOOK_SECRET_BYTES = 24
+
+
+class WebhookEndpoint(BaseModel):
+    """One receiver of ``AVATAR_WEBHOOKS``: signed with each of its secrets (two while one is
+    being rotated), sent the events it lists (every type when none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    secret: list[str] = Field(min_length=1)
+    events: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secrets(cls, value: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for secret in value:
+            body = secret.removeprefix("whsec_").rstrip("=")
+            try:
+                raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+            except binascii.Error:
+                raise ValueError("a secret is 'whsec_' followed by base64") from None
+            if len(raw) < MIN_WEBHOOK_SECRET_BYTES:
+                raise ValueError(f"a secret must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes")
+        return value
+
+
+class CdnPurge(BaseModel):
+    """``AVATAR_CDN_PURGE``: one HTTP request per unversioned URL of a changed avatar.
+    ``{url}`` in ``url`` or a header value is the URL as it is, ``{url_quoted}`` the URL
+    percent-encoded (for a query parameter)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = Field(default="PURGE", pattern=r"^[A-Z]{1,16}$")
+    url: str = Field(default="{url}", max_length=2048)
+    headers: dict[str, str] = Field(default_factory=dict)
+    events: list[EventType] = Field(default_factory=lambda: list(EVENT_TYPES), min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _has_placeholder(cls, value: str) -> str:
+        if "{url}" not in value and "{url_quoted}" not in value:
+            raise ValueError("the purge URL must contain {url} or {url_quoted}")
+        if not re.match(r"^(https?://|\{url)", value):
+            raise ValueError("the purge URL must start with http://, https:// or {url}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -130,6 +192,22 @@ class Settings(BaseSettings):
     # killed and replaced, and the upload is refused with 422 image_too_complex.
     image_job_timeout: float = Field(default=30.0, gt=0)
 
+    # Events from the outbox (app/services/events.py): signed webhooks and CDN purges, JSON.
+    webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+    cdn_purge: CdnPurge | None = None
+    # A dispatcher in each server process; off when dedicated `events work` processes send.
+    events_dispatcher: bool = True
+    # Seconds for one request to a receiver (connect to last byte); then it is retried.
+    events_timeout: float = Field(default=10.0, gt=0)
+    events_poll_interval: float = Field(default=1.0, gt=0)
+    # Retries: exponential backoff from the first delay up to the longest, with jitter, for
+    # this many seconds after the event; then the delivery is dead (`events replay` revives it).
+    events_retry_first_delay: float = Field(default=10.0, gt=0)
+    events_retry_max_delay: float = Field(default=3600.0, gt=0)
+    events_retry_for: float = Field(default=86400.0, gt=0)
+    # Finished events (every delivery made or dead) are removed after this many days.
+    events_retention_days: int = Field(default=7, ge=1)
+
     @field_validator("thumbnail_sizes", "allowed_formats", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -175,6 +253,14 @@ class Settings(BaseSettings):
                     "separated by '/'"
                 )
             self.s3_prefix += "/"
+        if (self.webhooks or self.cdn_purge) and not self.public_base_url:
+            raise ValueError(
+                "AVATAR_PUBLIC_BASE_URL must be set with AVATAR_WEBHOOKS or AVATAR_CDN_PURGE "
+                "(events carry and purge absolute URLs)"
+            )
+        names = [endpoint.name for endpoint in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError("AVATAR_WEBHOOKS: each endpoint needs a name of its own")
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("AVATAR_S3_BUCKET must be set when AVATAR_STORAGE=s3")
         unknown = set(self.jwt_algorithms) - SUPPORTED_ALGORITHMS

@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from app.storage.base import Storage, StoredObject
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Event deliveries: a second normally, up to a day of retries.
+DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
 
 
 class Metrics:
@@ -69,6 +71,30 @@ class Metrics:
             "avatar_storage_errors_total",
             "Storage calls that failed, by operation.",
             ["operation"],
+            registry=self.registry,
+        )
+        # Events from the outbox (app/services/outbox.py), as this process's dispatcher sees them.
+        self.events_pending = Gauge(
+            "avatar_events_pending",
+            "Event deliveries not made yet (waiting, retrying or in flight), all processes.",
+            registry=self.registry,
+        )
+        self.events_dead = Gauge(
+            "avatar_events_dead",
+            "Event deliveries given up after the retry window, all processes.",
+            registry=self.registry,
+        )
+        self.event_deliveries = Counter(
+            "avatar_event_deliveries_total",
+            "Delivery attempts by this process, by target and outcome: delivered, retried, dead.",
+            ["target", "outcome"],
+            registry=self.registry,
+        )
+        self.event_delivery_delay = Histogram(
+            "avatar_event_delivery_delay_seconds",
+            "From the change of the avatar to its event's delivery, by target.",
+            ["target"],
+            buckets=DELAY_BUCKETS,
             registry=self.registry,
         )
 

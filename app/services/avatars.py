@@ -7,7 +7,9 @@ decide the order of writes, the same for both:
 
 and the compensating action sits beside each step (``_put_variants``,
 ``_commit_or_compensate``): objects written before a failed commit are deleted again, so a
-failed change leaves the previous avatar exactly as it was.
+failed change leaves the previous avatar exactly as it was. Each row change inserts its event
+(``app.services.events``) in the same transaction: no change without its event, and no event
+without its change.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.config import EventType
 from app.core.errors import (
     AvatarChanged,
     AvatarNotFound,
@@ -39,6 +42,7 @@ from app.imaging.pipeline import (
     process_image,
 )
 from app.imaging.pool import WorkerPool
+from app.services.events import outbox_event
 from app.storage.base import Storage
 
 logger = logging.getLogger(__name__)
@@ -101,7 +105,9 @@ async def replace_avatar(
         "updated_at": utcnow(),
     }
     avatar, old_keys = await _commit_or_compensate(
-        storage, [v.key for v in stored], _swap_row(sessions, user_id, fields)
+        storage,
+        [v.key for v in stored],
+        _swap_row(sessions, user_id, fields, event_type="avatar.updated"),
     )
     await delete_objects(storage, old_keys)
     return avatar
@@ -152,7 +158,13 @@ async def recrop_avatar(
     avatar, old_keys = await _commit_or_compensate(
         storage,
         [v.key for v in stored],
-        _swap_row(sessions, user_id, fields, expected_version=current.version),
+        _swap_row(
+            sessions,
+            user_id,
+            fields,
+            event_type="avatar.cropped",
+            expected_version=current.version,
+        ),
     )
     await delete_objects(storage, [key for key in old_keys if key != original["key"]])
     return avatar
@@ -228,12 +240,14 @@ async def _swap_row(
     user_id: str,
     fields: dict[str, Any],
     *,
+    event_type: EventType = "avatar.updated",
     expected_version: str | None = None,
 ) -> tuple[Avatar, list[str]]:
     """Point the user's row at the new objects; return it and the keys it pointed at before.
 
     With ``expected_version``, the row must still be at that version (else AvatarChanged, or
     AvatarNotFound when it was deleted meanwhile).
+    The change's ``event_type`` goes into the outbox in the same transaction.
     """
     for attempt in range(_ROW_ATTEMPTS):
         try:
@@ -245,12 +259,14 @@ async def _swap_row(
                     if avatar.version != expected_version:
                         raise AvatarChanged("The avatar changed meanwhile; try again.")
                 old_keys = avatar.keys if avatar else []
+                previous = avatar.version if avatar else None
                 if avatar is None:
                     avatar = Avatar(user_id=user_id, **fields)
                     session.add(avatar)
                 else:
                     for name, value in fields.items():
                         setattr(avatar, name, value)
+                session.add(outbox_event(event_type, user_id, fields["version"], previous))
             return avatar, old_keys
         except IntegrityError:
             if attempt == _ROW_ATTEMPTS - 1:
@@ -277,6 +293,7 @@ async def delete_avatar(
             raise AvatarNotFound("This user has no avatar.")
         keys = avatar.keys
         await session.delete(avatar)
+        session.add(outbox_event("avatar.deleted", user_id, None, avatar.version))
     await delete_objects(storage, keys)
 
 
