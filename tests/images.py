@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 from PIL import Image, ImageCms
 
@@ -67,6 +68,23 @@ def upright_marker() -> Image.Image:
     image.paste((20, 20, 220), (30, 0, 60, 40))
     image.paste((20, 200, 20), (0, 0, 15, 10))
     return image
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A PNG header declaring a huge canvas, with a tiny IDAT: a decompression bomb."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def cmyk_jpeg_with_profile() -> bytes:

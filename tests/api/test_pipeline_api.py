@@ -14,18 +14,9 @@ from PIL import Image
 
 from app.imaging import pipeline
 from tests.bodies import CountingBody
+from tests.client import assert_problem, files, upload
 from tests.conftest import make_settings, running_app, stored_files
 from tests.images import assert_clean_webp, encode, jpeg_with_metadata
-
-PROBLEM = "application/problem+json"
-
-
-def files(data: bytes, name: str = "photo.jpg") -> dict:
-    return {"file": (name, data, "image/jpeg")}
-
-
-async def upload(client: httpx.AsyncClient, auth, image: bytes, **kwargs) -> httpx.Response:
-    return await client.post("/users/me/avatar", headers=auth(), files=files(image), **kwargs)
 
 
 async def fetch(client: httpx.AsyncClient, url: str) -> Image.Image:
@@ -34,14 +25,6 @@ async def fetch(client: httpx.AsyncClient, url: str) -> Image.Image:
     image = Image.open(io.BytesIO(response.content))
     image.load()
     return image
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["code"] == code
-    return body
 
 
 def quadrants() -> Image.Image:
