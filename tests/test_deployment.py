@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from app.core.config import Settings
@@ -64,6 +65,7 @@ def test_dockerfile_shape() -> None:
         assert name in CODE_SETTINGS, name
 
 
+@pytest.mark.server
 def test_migrate_from_an_installed_package_uses_the_working_directory(tmp_path) -> None:
     """In the image the package sits in site-packages and alembic/ in the working folder."""
     site = tmp_path / "site"

@@ -45,9 +45,11 @@ def browser():
         launched.close()
 
 
-@pytest.fixture
-def server(tmp_path) -> Iterator[LiveServer]:
-    with live_server(tmp_path) as running:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for the module: each test signs in as a user of its own or needs no fresh
+    state."""
+    with live_server(tmp_path_factory.mktemp("try-page")) as running:
         yield running
 
 
