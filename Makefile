@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
 
-.PHONY: install install-browser run test test-s3 bench stress lint format migrate clean
+.PHONY: install install-browser run test test-fast test-s3 bench stress lint format migrate clean
 
 install: $(STAMP)
 
@@ -26,8 +26,23 @@ migrate: install
 run: migrate
 	AVATAR_DEV_TOKENS=$(DEV_TOKENS) $(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
 
+# Tests run on every core (pytest-xdist; JOBS=1 for one process). `make test` is everything CI
+# needs: the whole suite on local storage, then the tests that touch the store again over S3.
+JOBS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(JOBS)
+# The slow kinds (markers in pyproject.toml) that the fast tier leaves out.
+SLOW := browser or corpus or server or postgres
+# What runs on the suite's store (AVATAR_TEST_STORAGE): the API and the services. The storage
+# contract covers every adapter, S3 included, in the first pass already; the corpus checks pixels.
+S3_TESTS := tests/api tests/services
+
 test: install install-browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-s3
+
+# The inner loop: no browser, no corpus, no child processes, no PostgreSQL.
+test-fast: install
+	$(PYTEST) -m "not ($(SLOW))" $(PYTEST_ARGS)
 
 # The browser tests use Debian's Chromium (Playwright never downloads one). Installed with
 # apt-get when missing and this runs as root; otherwise those tests skip (and fail under CI=true).
@@ -39,9 +54,9 @@ install-browser:
 			echo "chromium is not installed: the browser tests will skip (apt-get install chromium)"; \
 		fi; }
 
-# The whole suite with S3 storage: a moto S3 server on loopback, spoken to over HTTP.
+# The API and service tests with S3 storage: a moto S3 server on loopback, over HTTP.
 test-s3: install
-	AVATAR_TEST_STORAGE=s3 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	AVATAR_TEST_STORAGE=s3 $(PYTEST) -m "not corpus" $(PYTEST_ARGS) $(S3_TESTS)
 
 # Benchmarks need pyvips (the bench extra) for the reference pipeline.
 bench: install

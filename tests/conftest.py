@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -31,6 +33,47 @@ TEST_SECRET = "test-secret-" + "x" * 40
 TEST_STORAGE = os.environ.get("AVATAR_TEST_STORAGE", "local")
 if TEST_STORAGE not in ("local", "s3"):
     raise pytest.UsageError(f"AVATAR_TEST_STORAGE must be local or s3, not {TEST_STORAGE!r}")
+
+
+# The slow kinds of test, by marker (registered in pyproject.toml). `make test-fast` leaves them
+# out with -m; what follows keeps the markers true as tests are added: a test using one of these
+# fixtures gets its marker here, and one that starts a child process unmarked fails.
+MARKER_OF_FIXTURE = {"postgres_url": "postgres", "corpus": "corpus", "browser": "browser"}
+MAY_START_PROCESSES = ("server", "browser")
+_starting_processes_allowed = True
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in MARKER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    global _starting_processes_allowed
+    _starting_processes_allowed = any(item.get_closest_marker(m) for m in MAY_START_PROCESSES)
+    try:
+        return (yield)
+    finally:
+        _starting_processes_allowed = True
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _checked_popen_init(self: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
+    if not _starting_processes_allowed:
+        pytest.fail(
+            "this test starts a child process: mark it @pytest.mark.server "
+            "(make test-fast leaves those out)",
+            pytrace=False,
+        )
+    _popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _checked_popen_init  # type: ignore[method-assign]
 
 
 def missing(reason: str) -> None:
@@ -154,21 +197,29 @@ async def _truncate(url: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
-        upgrade(url)
-        return url
-    url = request.getfixturevalue("postgres_url")
-    asyncio.run(_truncate(url))
-    return url
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session (per xdist worker), copied for each test."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "avatar.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    assert not path.with_name(path.name + "-wal").exists(), "the template must be checkpointed"
+    return path
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'avatar.db'}"
-    upgrade(url)
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated SQLite database of the test's own."""
+    path = tmp_path / "avatar.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    url = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(url))
     return url
 
 
@@ -227,22 +278,3 @@ def stored_files(settings: Settings) -> list[Any]:
     if not root.exists():
         return []
     return sorted(path for path in root.rglob("*") if path.is_file())
-
-
-PROBLEM = "application/problem+json"
-
-
-def files(data: bytes, name: str = "photo.jpg", content_type: str = "image/jpeg") -> dict:
-    return {"file": (name, data, content_type)}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"].endswith(code)
-    assert body["title"] and body["detail"]
-    assert "Traceback" not in response.text
-    return body

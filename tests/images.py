@@ -75,6 +75,23 @@ def upright_marker() -> Image.Image:
     return image
 
 
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A PNG header declaring a huge canvas, with a tiny IDAT: a decompression bomb."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
 def cmyk_jpeg_with_profile() -> bytes:
     """A CMYK JPEG; without a CMYK ICC profile at hand, Pillow's own conversion is the reference."""
     image = Image.new("CMYK", (64, 64), (0, 255, 255, 0))  # pure red ink mix

@@ -16,6 +16,8 @@ from tests.conftest import ROOT, missing
 from tests.images import jpeg_with_metadata
 from tests.live import free_port, live_server, run_cli
 
+pytestmark = pytest.mark.server
+
 
 def test_help_lists_the_commands(tmp_path) -> None:
     result = run_cli(tmp_path, "--help")

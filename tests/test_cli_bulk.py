@@ -31,6 +31,8 @@ from tests.conftest import make_settings
 from tests.images import encode, jpeg_with_metadata
 from tests.services.support import child_env, run_cli, store_snapshot
 
+pytestmark = pytest.mark.server
+
 # The sizes the avatars are made with, and the ones `reprocess` is run with.
 BEFORE = {"thumbnail_size": 400, "thumbnail_sizes": [400, 256, 128, 64]}
 AFTER = {"thumbnail_size": 300, "thumbnail_sizes": [300, 100]}

@@ -9,6 +9,8 @@ import sys
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_settings, running_app
 from tests.images import jpeg_with_metadata
 from tests.services.support import child_env, run_cli
@@ -19,6 +21,7 @@ def image() -> dict:
     return {"file": ("a.jpg", jpeg_with_metadata((160, 120)), "image/jpeg")}
 
 
+@pytest.mark.server
 async def test_work_sends_what_servers_without_a_dispatcher_wrote(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -67,6 +70,7 @@ async def test_work_sends_what_servers_without_a_dispatcher_wrote(
         assert row["user_id"] == "ann" and row["attempts"] >= 1 and row["last_error"] is None
 
 
+@pytest.mark.server
 async def test_replay_marks_events_due_and_refuses_unknown_ones(
     tmp_path: Path, sqlite_url: str
 ) -> None:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from app.core.config import Settings
@@ -64,6 +65,7 @@ def test_dockerfile_shape() -> None:
         assert name in CODE_SETTINGS, name
 
 
+@pytest.mark.server
 def test_migrate_from_an_installed_package_uses_the_working_directory(tmp_path) -> None:
     """In the image the package sits in site-packages and alembic/ in the working folder."""
     site = tmp_path / "site"
@@ -95,6 +97,7 @@ def image_environment() -> dict[str, str]:
     return found
 
 
+@pytest.mark.server
 def test_the_image_is_production_unless_told_otherwise(tmp_path) -> None:
     """Run as the image would (its environment, no secret): refused, so no development token
     or generated secret can ever serve from it; asking for development tokens is refused too."""

@@ -6,12 +6,20 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 MIB = 1024 * 1024
 
@@ -24,6 +32,11 @@ SUPPORTED_ALGORITHMS = {"HS256", "RS256", "ES256"}
 MIN_SECRET_BYTES = 32
 
 S3_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*")
+
+
+# An empty variable (`AVATAR_X=`, as .env.example lists the optional ones) means "the default"
+# for every setting but these, where empty is a value of its own: `AVATAR_RATE_LIMIT=` is no limit.
+EMPTY_IS_A_VALUE = ("rate_limit",)
 
 
 class ConfigurationError(RuntimeError):
@@ -90,6 +103,42 @@ class CdnPurge(BaseModel):
         if not re.match(r"^(https?://|\{url)", value):
             raise ValueError("the purge URL must start with http://, https:// or {url}")
         return value
+
+
+class _EmptyValues(PydanticBaseSettingsSource):
+    """The EMPTY_IS_A_VALUE settings that ``variables`` (the environment, or .env) set empty,
+    which ``env_ignore_empty`` drops. It stands right after the source of those variables, so an
+    empty one counts exactly where a non-empty one would."""
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str | None]):
+        super().__init__(settings_cls)
+        prefix = str(settings_cls.model_config.get("env_prefix", "")).upper()
+        given = {name.upper(): value for name, value in variables.items()}
+        self.values = {
+            name: "" for name in EMPTY_IS_A_VALUE if given.get(prefix + name.upper()) == ""
+        }
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def _env_file_variables(dotenv_settings: PydanticBaseSettingsSource) -> dict[str, str | None]:
+    """Every variable of the .env file(s) the settings read, empty ones included."""
+    env_files = getattr(dotenv_settings, "env_file", None)
+    if env_files is None:
+        return {}
+    if isinstance(env_files, str | os.PathLike):
+        env_files = [env_files]
+    encoding = getattr(dotenv_settings, "env_file_encoding", None) or "utf-8"
+    variables: dict[str, str | None] = {}
+    for env_file in env_files:
+        path = Path(env_file).expanduser()
+        if path.is_file():
+            variables.update(dotenv_values(path, encoding=encoding))
+    return variables
 
 
 class Settings(BaseSettings):
@@ -207,6 +256,24 @@ class Settings(BaseSettings):
     events_retry_for: float = Field(default=86400.0, gt=0)
     # Finished events (every delivery made or dead) are removed after this many days.
     events_retention_days: int = Field(default=7, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _EmptyValues(settings_cls, os.environ),
+            dotenv_settings,
+            _EmptyValues(settings_cls, _env_file_variables(dotenv_settings)),
+            file_secret_settings,
+        )
 
     @field_validator("thumbnail_sizes", "allowed_formats", mode="before")
     @classmethod

@@ -8,7 +8,8 @@ from collections import Counter
 
 from app.services import defaults as defaults_module
 from app.services.defaults import SIDE_QUEUE, SIDE_WORKERS
-from tests.conftest import assert_problem, files, make_settings, running_app
+from tests.client import assert_problem, files
+from tests.conftest import make_settings, running_app
 from tests.images import jpeg_with_metadata
 from tests.workers import Hold
 

@@ -2,21 +2,15 @@ from __future__ import annotations
 
 import io
 
-import httpx
 import pytest
 from PIL import Image
 
 from app.core.config import Settings
 from app.core.security import create_token
 from tests.bodies import CountingBody, TrickledBody
-from tests.conftest import PROBLEM, assert_problem, files, stored_files
-from tests.images import assert_clean_webp, encode, jpeg_with_metadata
-
-
-async def upload(
-    client: httpx.AsyncClient, auth, data: bytes, user: str = "alice"
-) -> httpx.Response:
-    return await client.post("/users/me/avatar", headers=auth(user), files=files(data))
+from tests.client import PROBLEM, assert_problem, files, upload
+from tests.conftest import stored_files
+from tests.images import assert_clean_webp, encode, jpeg_with_metadata, png_with_declared_size
 
 
 async def test_upload_returns_document_with_urls(client, auth, settings: Settings) -> None:
@@ -197,8 +191,6 @@ async def test_bad_files_are_rejected_and_change_nothing(
 
 
 async def test_decompression_bomb_is_422_too_many_pixels(client, auth, settings) -> None:
-    from tests.imaging.test_pipeline import png_with_declared_size
-
     response = await upload(client, auth, png_with_declared_size(30000, 30000))
     assert_problem(response, 422, "too_many_pixels")
     assert stored_files(settings) == []

@@ -5,22 +5,12 @@ from __future__ import annotations
 import base64
 import io
 
-import httpx
 import pytest
 from PIL import Image
 
-from tests.api.test_avatars import assert_problem, stored_files
-from tests.conftest import make_settings, running_app
+from tests.client import assert_problem, upload
+from tests.conftest import make_settings, running_app, stored_files
 from tests.images import assert_clean_webp, encode, jpeg_with_metadata
-
-
-async def upload(client, auth, data: bytes, user: str = "alice", **params) -> httpx.Response:
-    return await client.post(
-        "/users/me/avatar",
-        headers=auth(user),
-        params=params,
-        files={"file": ("a.jpg", data, "image/jpeg")},
-    )
 
 
 def decoded(data: bytes) -> Image.Image:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import files
+from tests.client import files
 from tests.images import jpeg_with_metadata
 
 VARYING = {"date", "x-request-id"}

@@ -2,16 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.client import upload
 from tests.images import jpeg_with_metadata
 
 
 @pytest.fixture
 async def uploaded(client, auth) -> dict:
-    response = await client.post(
-        "/users/me/avatar",
-        headers=auth(),
-        files={"file": ("a.jpg", jpeg_with_metadata(), "image/jpeg")},
-    )
+    response = await upload(client, auth, jpeg_with_metadata())
     assert response.status_code == 201
     return response.json()
 

@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from app.core.logging import JsonFormatter
+from tests.client import upload
 from tests.images import jpeg_with_metadata
 
 
@@ -19,12 +20,6 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{key}="{val}"' in metric for key, val in labels.items()):
             return float(value)
     return 0.0
-
-
-async def upload(client, auth, data: bytes):
-    return await client.post(
-        "/users/me/avatar", headers=auth(), files={"file": ("a.jpg", data, "image/jpeg")}
-    )
 
 
 async def test_metrics_count_requests_uploads_and_storage(client, auth) -> None:

@@ -15,6 +15,7 @@ from app.core.security import create_token
 from app.imaging import pipeline
 from app.main import create_app
 from tests.bodies import CountingBody
+from tests.client import assert_problem, files, upload
 from tests.conftest import make_settings, running_app, stored_files
 from tests.images import (
     assert_clean_webp,
@@ -24,16 +25,6 @@ from tests.images import (
 )
 from tests.workers import Hold, is_running
 
-PROBLEM = "application/problem+json"
-
-
-def files(data: bytes, name: str = "photo.jpg") -> dict:
-    return {"file": (name, data, "image/jpeg")}
-
-
-async def upload(client: httpx.AsyncClient, auth, image: bytes, **kwargs) -> httpx.Response:
-    return await client.post("/users/me/avatar", headers=auth(), files=files(image), **kwargs)
-
 
 async def fetch(client: httpx.AsyncClient, url: str) -> Image.Image:
     response = await client.get(url)
@@ -41,14 +32,6 @@ async def fetch(client: httpx.AsyncClient, url: str) -> Image.Image:
     image = Image.open(io.BytesIO(response.content))
     image.load()
     return image
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["code"] == code
-    return body
 
 
 def quadrants() -> Image.Image:

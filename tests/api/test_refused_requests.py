@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.bodies import CountingBody, TrickledBody
-from tests.conftest import assert_problem, files, make_settings, running_app, stored_files
+from tests.client import assert_problem, files
+from tests.conftest import make_settings, running_app, stored_files
 from tests.images import encode, jpeg_with_metadata
 
 DEEP_JSON = b"[" * 100_000

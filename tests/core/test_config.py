@@ -69,3 +69,49 @@ def test_explicit_secret_wins(tmp_path) -> None:
     settings = load_settings(_env_file=None, jwt_secret="explicit-" + "z" * 40, data_dir=tmp_path)
     assert settings.signing_secret().startswith("explicit-")
     assert not (tmp_path / "jwt-secret").exists()
+
+
+def without_avatar_variables(monkeypatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AVATAR_"):
+            monkeypatch.delenv(name)
+
+
+def test_an_empty_rate_limit_in_the_environment_switches_the_limit_off(
+    monkeypatch, tmp_path
+) -> None:
+    """As README and .env.example say: `AVATAR_RATE_LIMIT=` is no limit, not the default."""
+    without_avatar_variables(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AVATAR_RATE_LIMIT=5/minute\n")
+    assert load_settings().rate_limit == "5/minute"
+    monkeypatch.setenv("AVATAR_RATE_LIMIT", "")
+    assert load_settings().rate_limit == ""  # the environment wins over .env, empty or not
+    assert load_settings(_env_file=None).rate_limit == ""
+    assert load_settings(rate_limit="7/hour").rate_limit == "7/hour"  # arguments win
+
+
+def test_an_empty_rate_limit_in_env_file_switches_the_limit_off(monkeypatch, tmp_path) -> None:
+    without_avatar_variables(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AVATAR_RATE_LIMIT=\nAVATAR_MAX_DIMENSION=\n")
+    settings = load_settings()
+    assert settings.rate_limit == ""
+    assert settings.max_dimension == 4096  # other empty settings still mean the default
+    monkeypatch.setenv("AVATAR_RATE_LIMIT", "3/minute")
+    assert load_settings().rate_limit == "3/minute"
+    monkeypatch.delenv("AVATAR_RATE_LIMIT")
+    assert load_settings(_env_file=None).rate_limit == "30/minute"
+
+
+def test_other_empty_variables_still_mean_the_default(monkeypatch, tmp_path) -> None:
+    """Compose passes unset values as empty strings (`${AVATAR_X:-}`): they are the default,
+    and do not hide a value in .env."""
+    without_avatar_variables(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AVATAR_PORT=9000\n")
+    monkeypatch.setenv("AVATAR_PORT", "")
+    monkeypatch.setenv("AVATAR_MAX_DIMENSION", "")
+    settings = load_settings()
+    assert settings.port == 9000
+    assert settings.max_dimension == 4096

@@ -45,10 +45,12 @@ def browser():
         launched.close()
 
 
-@pytest.fixture
-def server(tmp_path) -> Iterator[LiveServer]:
-    # As `make run` serves it: development tokens on, on loopback, with the generated secret.
-    with live_server(tmp_path, AVATAR_DEV_TOKENS="true") as running:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for the module (each test signs in as a user of its own or needs no fresh
+    state), as `make run` serves it: development tokens on, on loopback, with the generated
+    secret."""
+    with live_server(tmp_path_factory.mktemp("try-page"), AVATAR_DEV_TOKENS="true") as running:
         yield running
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
 
 from benchmarks import load, pipeline, pool
@@ -41,6 +42,7 @@ def test_seed_pipeline_is_the_tutorial_one() -> None:
         assert max(image.size) <= 400
 
 
+@pytest.mark.server
 def test_whole_upload_and_load_run_against_a_real_server() -> None:
     out = io.StringIO()
     with spawned_server(workers="2") as server:

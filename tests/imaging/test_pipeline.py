@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import pytest
 from PIL import Image
@@ -15,6 +14,7 @@ from tests.images import (
     encode,
     jpeg_with_metadata,
     marked_orientation_jpeg,
+    png_with_declared_size,
     upright_marker,
 )
 
@@ -169,23 +169,6 @@ def test_one_bit_image_is_accepted() -> None:
     image = Image.new("1", (20, 20), 1)
     out = decoded(process_image(encode(image, "PNG")).variant("original").data).convert("L")
     assert out.getpixel((5, 5)) > 240
-
-
-def png_with_declared_size(width: int, height: int) -> bytes:
-    """A PNG header declaring a huge canvas, with a tiny IDAT: a decompression bomb."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_upload_rejects_decompression_bomb_from_header() -> None:

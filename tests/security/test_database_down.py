@@ -21,8 +21,8 @@ from app.core.config import Settings
 from app.core.security import create_token
 from app.main import create_app
 from app.storage import build_storage
+from tests.client import assert_problem, upload
 from tests.conftest import _truncate, make_settings, serving
-from tests.images import jpeg_with_metadata
 from tests.services.support import FaultyStorage, store_snapshot, table_snapshot
 
 pytestmark = pytest.mark.postgres
@@ -95,16 +95,8 @@ async def proxied(postgres_url: str) -> AsyncIterator[tuple[CuttableProxy, str]]
 
 
 def assert_database_unavailable(response: httpx.Response) -> None:
-    assert response.status_code == 503, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.json()["code"] == "database_unavailable"
+    assert_problem(response, 503, "database_unavailable")
     assert int(response.headers["retry-after"]) > 0
-    assert "Traceback" not in response.text
-
-
-async def upload(client: httpx.AsyncClient, color=(200, 60, 30)) -> httpx.Response:
-    data = jpeg_with_metadata((320, 240), color=color)
-    return await client.post("/users/me/avatar", files={"file": ("a.jpg", data, "image/jpeg")})
 
 
 async def test_database_down_gives_503_and_recovers_by_itself(tmp_path, postgres_url) -> None:

@@ -17,6 +17,9 @@ import pytest
 
 from tests.live import LiveServer, live_server, read_response
 
+# Every test here runs the service as a child process.
+pytestmark = pytest.mark.server
+
 HEADER_TIMEOUT = 1.5
 MAX_HEADER_BYTES = 16384
 

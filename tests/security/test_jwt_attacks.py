@@ -40,13 +40,13 @@ from app.db.migrate import upgrade
 from app.main import create_app
 from app.storage import build_storage
 from app.storage.base import Storage
+from tests.client import assert_problem
 from tests.conftest import TEST_SECRET, make_settings, serving
 from tests.images import jpeg_with_metadata
 from tests.services.support import store_snapshot, table_snapshot
 
 ISSUER = "https://id.example.test/"
 AUDIENCE = "avatar-service"
-PROBLEM = "application/problem+json"
 
 
 def b64(data: bytes | dict) -> str:
@@ -268,8 +268,7 @@ async def world(tmp_path_factory) -> AsyncIterator[World]:
 
 def assert_401(response: httpx.Response, attack: str) -> None:
     assert response.status_code == 401, f"{attack}: {response.status_code} {response.text}"
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert response.json()["code"] == "not_authenticated"
+    assert_problem(response, 401, "not_authenticated")
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 

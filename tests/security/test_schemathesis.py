@@ -41,6 +41,8 @@ from tests.images import jpeg_with_metadata
 from tests.live import LiveServer, live_server
 from tests.security.fuzz_settings import fuzz_settings
 
+pytestmark = pytest.mark.server
+
 SECRET = "schemathesis-secret-" + "z" * 40
 USER = "fuzzer"
 CHECKS = [

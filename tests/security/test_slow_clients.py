@@ -34,6 +34,8 @@ from tests.images import jpeg_with_metadata
 from tests.live import LiveServer, live_server, read_response
 from tests.services.support import table_snapshot
 
+pytestmark = pytest.mark.server
+
 SECRET = "slow-clients-secret-" + "s" * 40
 IDLE_TIMEOUT = 1.0
 TOTAL_TIMEOUT = 3.0

@@ -9,7 +9,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.server
 
 
 def test_reduced_stress_run_keeps_every_rule() -> None:

@@ -21,6 +21,9 @@ from tests.images import jpeg_with_metadata
 from tests.live import live_server
 from tests.webhooks import Receiver, clear_outbox, new_secret, outbox, receiving, wait_until
 
+# Every test here runs the service as a child process.
+pytestmark = pytest.mark.server
+
 SECRET = "events-test-secret-" + "e" * 40
 
 

@@ -19,8 +19,8 @@ from app.main import create_app
 from app.services.avatars import object_key
 from app.services.gc import KEY_PREFIX, MissingObject, reconcile
 from app.storage import Storage, build_storage
+from tests.client import upload
 from tests.conftest import serving
-from tests.images import jpeg_with_metadata
 from tests.services.support import FaultyStorage, gc_summary, run_cli, store_snapshot
 
 ORPHANS = {
@@ -46,12 +46,7 @@ class World:
         return {"Authorization": f"Bearer {create_token(self.settings, user)}"}
 
     async def upload(self, user: str = "alice") -> httpx.Response:
-        data = jpeg_with_metadata((320, 240))
-        return await self.client.post(
-            "/users/me/avatar",
-            headers=self.headers(user),
-            files={"file": ("a.jpg", data, "image/jpeg")},
-        )
+        return await upload(self.client, self.headers, user=user)
 
     async def fetch(self, url: str) -> httpx.Response:
         """An image URL: through the app for /media URLs, over real HTTP for presigned ones."""
@@ -272,6 +267,7 @@ async def test_gc_beside_uploads_crop_changes_and_deletes_never_cries_wolf(world
     await task
 
 
+@pytest.mark.server
 async def test_gc_command_dry_run_then_apply(world: World, tmp_path: Path) -> None:
     await world.plant(ORPHANS)
     kept = await referenced(world.storage)
@@ -296,6 +292,7 @@ async def test_gc_command_dry_run_then_apply(world: World, tmp_path: Path) -> No
     assert await store_snapshot(world.storage) == kept
 
 
+@pytest.mark.server
 async def test_gc_command_exits_1_when_an_avatar_misses_objects(world: World, tmp_path) -> None:
     document = (await world.client.get("/users/alice/avatar")).json()
     lost = object_key(document["version"], "original")
@@ -306,6 +303,7 @@ async def test_gc_command_exits_1_when_an_avatar_misses_objects(world: World, tm
     assert "avatars with missing objects: 1" in out
 
 
+@pytest.mark.server
 async def test_gc_command_reports_an_unusable_store_in_one_line(
     store_settings: Settings, tmp_path: Path
 ) -> None:
@@ -325,6 +323,7 @@ async def test_gc_command_reports_an_unusable_store_in_one_line(
     assert "Traceback" not in err
 
 
+@pytest.mark.server
 async def test_gc_command_refuses_a_negative_grace(store_settings: Settings, tmp_path) -> None:
     code, _out, err = await run_cli(store_settings, "gc", "--grace", "-1", cwd=tmp_path)
     assert code == 2

@@ -23,6 +23,8 @@ from tests.services.support import (
     table_snapshot,
 )
 
+pytestmark = pytest.mark.server
+
 
 async def kill_upload_at(settings: Settings, point: str, tmp_path: Path) -> None:
     """Run an upload in a child process and SIGKILL it once it reports it reached ``point``."""

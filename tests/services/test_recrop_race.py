@@ -13,14 +13,8 @@ import asyncio
 import httpx
 import pytest
 
-from tests.conftest import assert_problem
-from tests.images import jpeg_with_metadata
+from tests.client import assert_problem, upload
 from tests.services.support import faulty_app, store_snapshot, table_snapshot
-
-
-async def upload(client: httpx.AsyncClient, color=(200, 60, 30)) -> httpx.Response:
-    data = jpeg_with_metadata((320, 240), color=color)
-    return await client.post("/users/me/avatar", files={"file": ("a.jpg", data, "image/jpeg")})
 
 
 async def replace(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
@@ -21,25 +20,10 @@ from app.core.security import create_token
 from app.main import create_app
 from app.storage import build_storage
 from app.storage.s3 import S3Storage
+from tests.client import assert_problem, upload
 from tests.conftest import serving
-from tests.images import jpeg_with_metadata
 from tests.s3 import closed_port, silent_endpoint
 from tests.services.support import FaultyStorage, faulty_app, store_snapshot, table_snapshot
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert (body["status"], body["code"]) == (status, code)
-    assert "Traceback" not in response.text
-
-
-async def upload(client: httpx.AsyncClient, color=(200, 60, 30)) -> httpx.Response:
-    data = jpeg_with_metadata((320, 240), color=color)
-    return await client.post("/users/me/avatar", files={"file": ("a.jpg", data, "image/jpeg")})
 
 
 async def test_thumbnail_failure_removes_the_written_original(settings: Settings) -> None:

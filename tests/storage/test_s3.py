@@ -306,6 +306,7 @@ def serve(tmp_path: Path, **settings) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.server
 def test_serve_on_a_missing_bucket_prints_one_line_and_exits_2(moto_server, tmp_path) -> None:
     result = serve(tmp_path, **moto_server.settings(s3_bucket="no-such-bucket"))
     assert result.returncode == 2
@@ -315,6 +316,7 @@ def test_serve_on_a_missing_bucket_prints_one_line_and_exits_2(moto_server, tmp_
     assert result.stdout == ""
 
 
+@pytest.mark.server
 def test_serve_with_refused_credentials_prints_one_line_and_exits_2(moto_server, tmp_path):
     values = moto_server.settings()  # the bucket exists
     with moto_server.authentication_enforced():
