@@ -62,8 +62,8 @@ class Report:
     undone_at: float = 0.0
     killed_at: float | None = None
     violations: list[str] = field(default_factory=list)
-    probe: list[int] = field(default_factory=list)
-    outage_probe: list[int] = field(default_factory=list)
+    probe: list[int | str] = field(default_factory=list)
+    outage_probe: list[int | str] = field(default_factory=list)
     orphans_before_gc: int = 0
     users_checked: int = 0
     seconds: float = 0.0
@@ -97,6 +97,7 @@ class Report:
             "requests": len(self.outcomes),
             "answered ok": len(ok),
             "uploads 201": len(uploads),
+            "client retries": sum(o.retry for o in self.outcomes),
             "replayed retries": sum(o.replayed for o in self.outcomes),
             "documented 503": len(documented),
             "killed in flight": len(killed),

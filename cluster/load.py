@@ -151,15 +151,25 @@ class Load:
 
     async def _send(self, user: User, op: str, method: str, url: str, **kwargs) -> Outcome:
         started = time.monotonic()
-        try:
-            response = await self.http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            outcome = Outcome(user.user_id, op, started, time.monotonic(), None)
-            outcome.problem = None
-            outcome.code = type(exc).__name__
-            self.outcomes.append(outcome)
-            return outcome
+        retried = False
+        while True:
+            try:
+                response = await self.http.request(method, url, **kwargs)
+                break
+            except httpx.TransportError as exc:
+                # A GET on a kept-alive connection that the balancer closed meanwhile (after a
+                # 502 for a killed replica) is sent again at once, as browsers do (RFC 9110
+                # 9.2.2: idempotent requests may be retried); writes are retried by the caller,
+                # with their Idempotency-Key.
+                if method == "GET" and not retried:
+                    retried = True
+                    continue
+                outcome = Outcome(user.user_id, op, started, time.monotonic(), None)
+                outcome.code = type(exc).__name__
+                self.outcomes.append(outcome)
+                return outcome
         outcome = Outcome(user.user_id, op, started, time.monotonic(), response.status_code)
+        outcome.retry = retried
         outcome.retry_after = response.headers.get("retry-after")
         outcome.replayed = response.headers.get("idempotent-replayed") == "true"
         if response.headers.get("content-type", "").startswith("application/problem+json"):
@@ -233,16 +243,20 @@ class Load:
 
 async def rate_limit_probe(
     base_url: str, token: str, *, attempts: int, photos: list[bytes]
-) -> list[int]:
+) -> list[int | str]:
     """``attempts`` uploads by one user, one after the other, as fast as they go (round-robin
     over the replicas): the statuses."""
-    statuses = []
+    statuses: list[int | str] = []
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         for index in range(attempts):
-            response = await http.post(
-                "/users/me/avatar",
-                headers={"Authorization": f"Bearer {token}"},
-                files={"file": ("p.jpg", photos[index % len(photos)], "image/jpeg")},
-            )
-            statuses.append(response.status_code)
+            try:
+                response = await http.post(
+                    "/users/me/avatar",
+                    headers={"Authorization": f"Bearer {token}"},
+                    files={"file": ("p.jpg", photos[index % len(photos)], "image/jpeg")},
+                )
+            except httpx.TransportError as exc:
+                statuses.append(type(exc).__name__)
+            else:
+                statuses.append(response.status_code)
     return statuses

@@ -325,7 +325,7 @@ def start(
     from sqlalchemy.engine import make_url
 
     database_url = make_url(postgres_url).set(database=database)
-    asyncio.run(_create_database(postgres_url, database))
+    asyncio.run(create_database(postgres_url, database))
     cluster = Cluster(
         state_dir=state_dir,
         port=port or free_port(),
@@ -394,7 +394,9 @@ def haproxy_config(cluster: Cluster) -> str:
     return f"""# Written by cluster/local.py for this run.
 global
     log stdout format raw local0
-    maxconn 2048
+    maxconn 512
+    # Room for a small upload's whole body (see http-buffer-request).
+    tune.bufsize 65536
     stats socket {cluster.state_dir}/haproxy.sock mode 600 level admin
 
 defaults
@@ -412,6 +414,11 @@ defaults
     # and finishes what it has, and no request is ever sent on a connection it is closing.
     option http-server-close
     http-reuse never
+    # The service answers some requests before reading their body (401, 429, 503 server_busy:
+    # that is the point). If the balancer closed the client's connection with body bytes
+    # still unread, the client would get a reset instead of that answer; so the body is read
+    # first, up to the buffer (bigger uploads are streamed; nginx buffers them all by default).
+    option http-buffer-request
 
 frontend avatar
     bind 127.0.0.1:{cluster.port}
@@ -500,7 +507,7 @@ async def _admin(postgres_url: str, statement: str) -> None:
         await engine.dispose()
 
 
-async def _create_database(postgres_url: str, database: str) -> None:
+async def create_database(postgres_url: str, database: str) -> None:
     await drop_database(postgres_url, database)
     await _admin(postgres_url, f'CREATE DATABASE "{database}"')
 
