@@ -43,14 +43,18 @@ PROBE_EXTRA = 2  # uploads past the limit in a probe
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds of load before the fault, of the fault, and after it is undone."""
+    """Seconds of load before the fault, of the fault, and after it is undone; the pause
+    between a user's requests and the size of the photos uploaded."""
 
     before: float
     during: float
     after: float
+    think: float = 0.05
+    photo_size: tuple[int, int] = (480, 360)
 
 
-QUICK = Timing(before=0.5, during=1.5, after=0.5)
+# The reduced run of the test suite: lighter, so that it stays short on a shared machine.
+QUICK = Timing(before=0.5, during=1.5, after=0.5, think=0.1, photo_size=(320, 240))
 FULL = Timing(before=5.0, during=10.0, after=5.0)
 
 
@@ -121,7 +125,7 @@ class Chaos:
         self.settings = cluster.settings()
         self.timing = timing
         self.user_count = users
-        self.photos = [photo(seed) for seed in range(8)]
+        self.photos = [photo(seed, size=timing.photo_size) for seed in range(8)]
         self.tiny = [photo(100 + seed, size=(64, 64)) for seed in range(4)]
 
     def token(self, user_id: str) -> str:
@@ -148,6 +152,7 @@ class Chaos:
             self.cluster.base_url,
             users,
             photos=self.photos,
+            think=self.timing.think,
             max_requests=int(400 * (self.timing.before + self.timing.during + self.timing.after)),
         )
         running = asyncio.create_task(load.run(deadline_seconds=120))

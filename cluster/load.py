@@ -31,7 +31,6 @@ DOCUMENTED_503 = frozenset(
 )
 VERSION_IN_URL = re.compile(r"/avatars/([0-9a-f]{32})/")
 UNKNOWN = object()  # the avatar's state after a write whose answer was lost
-THINK_SECONDS = 0.05
 RETRY_BUDGET_SECONDS = 10.0
 
 
@@ -107,10 +106,12 @@ class Load:
         *,
         photos: list[bytes],
         max_requests: int,
+        think: float = 0.05,
     ) -> None:
         self.base_url = base_url
         self.users = users
         self.photos = photos
+        self.think = think  # seconds between a user's requests
         self.max_requests = max_requests
         self.outcomes: list[Outcome] = []
         self.stop = asyncio.Event()
@@ -145,7 +146,7 @@ class Load:
                 if step == "recrop" and user.state is None:
                     step = "upload" if user.may_mutate() else "read"
                 await getattr(self, f"_{step}")(user, cycle)
-                await asyncio.sleep(THINK_SECONDS)
+                await asyncio.sleep(self.think)
 
     # -- one request each, with the checks of its answer -------------------------------------
 

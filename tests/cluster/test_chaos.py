@@ -46,7 +46,7 @@ def test_faults_under_load_keep_the_promises(tmp_path, admin_url: str) -> None:
             rate_limit=f"{chaos.RATE_LIMIT}/{chaos.RATE_WINDOW} seconds",
         ) as cluster:
             processes = list(cluster.processes.values())
-            run = chaos.Chaos(cluster, users=3, timing=chaos.QUICK)
+            run = chaos.Chaos(cluster, users=2, timing=chaos.QUICK)
             reports = {r.scenario: r for r in asyncio.run(run.run_all(chaos.SCENARIOS))}
         assert not any(process.alive() for process in processes)
     finally:
