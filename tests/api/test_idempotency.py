@@ -13,7 +13,7 @@ import pytest
 from app.core.config import Settings
 from app.main import create_app
 from app.storage import build_storage
-from tests.conftest import running_app, serving, stored_files
+from tests.conftest import make_settings, running_app, serving, stored_files
 from tests.images import jpeg_with_metadata
 from tests.services.support import FaultyStorage
 
@@ -190,3 +190,24 @@ async def test_a_retry_on_another_replica_gets_the_first_answer(settings: Settin
         again = await post(two, headers)
         assert again.headers["idempotent-replayed"] == "true"
         assert again.content == first.content
+
+
+async def test_browsers_on_allowed_origins_may_send_the_key_and_read_the_replay_header(
+    tmp_path, sqlite_url
+) -> None:
+    origin = "https://app.example.test"
+    settings = make_settings(tmp_path, database_url=sqlite_url, cors_origins=[origin])
+    async with running_app(settings) as (client, _auth):
+        preflight = await client.options(
+            "/users/me/avatar",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, idempotency-key",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert "idempotency-key" in preflight.headers["access-control-allow-headers"].lower()
+        simple = await client.get("/healthz", headers={"Origin": origin})
+        exposed = simple.headers["access-control-expose-headers"].lower()
+        assert "idempotent-replayed" in exposed
