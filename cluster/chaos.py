@@ -39,6 +39,7 @@ from cluster.load import UNKNOWN, Load, Outcome, User, photo, rate_limit_probe
 RATE_LIMIT = 10  # uploads and re-crops per user ...
 RATE_WINDOW = 10  # ... per this many seconds
 PROBE_EXTRA = 2  # uploads past the limit in a probe
+KILL_WINDOW = 1.0  # seconds around a SIGKILL in which a request may lose its connection
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class Report:
         in_flight = self.killed_at is not None and outcome.started <= self.killed_at
         if in_flight and outcome.status in (None, 502) and outcome.ended >= self.killed_at:
             return "in flight on the killed replica"
+        # The balancer drops client connections as the replica dies; a request sent on one at
+        # that instant gets no answer (and is retried: a write with its Idempotency-Key).
+        cut = self.killed_at is not None and abs(outcome.started - self.killed_at) < KILL_WINDOW
+        if cut and outcome.status is None:
+            return "connection cut as the replica was killed"
         if outcome.code == "idempotency_key_in_use" and outcome.retry:
             return "retry while the killed replica held the key"
         return None
@@ -222,26 +228,19 @@ class Chaos:
         from app.services.gc import reconcile
         from app.services.runtime import open_runtime
 
-        async with open_runtime(self.settings) as runtime:
-            found = await reconcile(
-                sessions=runtime.sessions, storage=runtime.storage, grace=timedelta(0)
+        with local.s3_credentials():
+            async with open_runtime(self.settings) as runtime:
+                stores = {"sessions": runtime.sessions, "storage": runtime.storage}
+                found = await reconcile(**stores, grace=timedelta(0))
+                report.orphans_before_gc = len(found.orphans)
+                for missing in found.missing:
+                    report.violations.append(f"missing object {missing.key} of {missing.user_id}")
+                await reconcile(**stores, grace=timedelta(0), apply=True)
+                after = await reconcile(**stores, grace=timedelta(0))
+        if after.orphans or after.missing or after.failed:
+            report.violations.append(
+                f"after gc: {len(after.orphans)} orphans, {len(after.missing)} missing"
             )
-            report.orphans_before_gc = len(found.orphans)
-            for missing in found.missing:
-                report.violations.append(f"missing object {missing.key} of {missing.user_id}")
-            await reconcile(
-                sessions=runtime.sessions,
-                storage=runtime.storage,
-                grace=timedelta(0),
-                apply=True,
-            )
-            after = await reconcile(
-                sessions=runtime.sessions, storage=runtime.storage, grace=timedelta(0)
-            )
-            if after.orphans or after.missing or after.failed:
-                report.violations.append(
-                    f"after gc: {len(after.orphans)} orphans, {len(after.missing)} missing"
-                )
 
     # -- the scenarios ----------------------------------------------------------------------
 

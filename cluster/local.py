@@ -48,20 +48,46 @@ S3_CREDENTIALS = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
-# What the load balancer answers when no replica is ready: problem+json like the service.
-NO_REPLICA_READY = """HTTP/1.1 503 Service Unavailable
-Content-Type: application/problem+json
-Retry-After: 2
-Cache-Control: no-store
-Connection: close
+# What the load balancer answers itself, as problem+json like the service: when no replica
+# listens at all (503), and when the replica answering a request died (502). Both close the
+# connection, so that a client does not send its next request on one the balancer drops.
+BALANCER_ERRORS = {
+    503: ("Service Unavailable", "service_unavailable", "No replica is ready; retry later."),
+    502: ("Bad Gateway", "bad_gateway", "The replica answering this request stopped."),
+}
 
-{"type": "urn:avatar-service:problem:service_unavailable", "title": "Service unavailable", \
-"status": 503, "detail": "No replica is ready; retry later.", "code": "service_unavailable"}
-"""
+
+def balancer_error(status: int) -> str:
+    reason, code, detail = BALANCER_ERRORS[status]
+    body = (
+        f'{{"type": "urn:avatar-service:problem:{code}", "title": "{reason}", '
+        f'"status": {status}, "detail": "{detail}", "code": "{code}"}}'
+    )
+    retry = "Retry-After: 2\r\n" if status == 503 else ""
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/problem+json\r\n{retry}"
+        f"Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}\n"
+    )
 
 
 class ClusterError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def s3_credentials() -> Iterator[None]:
+    """The cluster's S3 credentials in this process's environment (boto3 reads them there),
+    and the environment as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def free_port() -> int:
@@ -166,10 +192,9 @@ class Cluster:
         return env
 
     def settings(self):
-        """The same settings, in this process (tokens, ``gc``)."""
+        """The same settings, in this process (tokens, ``gc`` within ``s3_credentials()``)."""
         from app.core.config import load_settings
 
-        os.environ.update(S3_CREDENTIALS)
         values = {k.removeprefix("AVATAR_").lower(): v for k, v in self.settings_env().items()}
         return load_settings(_env_file=None, data_dir=self.state_dir / "data", **values)
 
@@ -424,6 +449,7 @@ frontend avatar
     bind 127.0.0.1:{cluster.port}
     default_backend replicas
     errorfile 503 {cluster.state_dir}/503.http
+    errorfile 502 {cluster.state_dir}/502.http
 
 backend replicas
     balance roundrobin
@@ -441,7 +467,8 @@ backend replicas
 
 
 def _start_haproxy(cluster: Cluster) -> None:
-    (cluster.state_dir / "503.http").write_text(NO_REPLICA_READY.replace("\n", "\r\n"))
+    for status in BALANCER_ERRORS:
+        (cluster.state_dir / f"{status}.http").write_text(balancer_error(status))
     config = cluster.state_dir / "haproxy.cfg"
     config.write_text(haproxy_config(cluster))
     checked = subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], capture_output=True)
