@@ -65,12 +65,22 @@ async def claim(
     now: datetime | None = None,
 ) -> Claim:
     now = now or utcnow()
+
+    def candidate() -> IdempotencyKey:
+        """The row this request inserts if the key is new: held by it, from now on."""
+        return IdempotencyKey(
+            user_id=user_id,
+            key=key,
+            fingerprint=fingerprint,
+            owner=uuid.uuid4().hex,
+            locked_at=now,
+            expires_at=now + ttl,
+        )
+
     try:
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
-                return await _claim_once(
-                    sessions, user_id, key, fingerprint, ttl=ttl, lock_timeout=lock_timeout, now=now
-                )
+                return await _claim_once(sessions, candidate(), lock_timeout=lock_timeout)
             except IntegrityError:
                 if attempt == _CLAIM_ATTEMPTS - 1:
                     raise
@@ -80,41 +90,25 @@ async def claim(
 
 
 async def _claim_once(
-    sessions: async_sessionmaker[AsyncSession],
-    user_id: str,
-    key: str,
-    fingerprint: str,
-    *,
-    ttl: timedelta,
-    lock_timeout: timedelta,
-    now: datetime,
+    sessions: async_sessionmaker[AsyncSession], new: IdempotencyKey, *, lock_timeout: timedelta
 ) -> Claim:
-    owner = uuid.uuid4().hex
+    now = new.locked_at
     async with sessions() as session, session.begin():
         await session.execute(
             delete(IdempotencyKey).where(
-                IdempotencyKey.user_id == user_id, IdempotencyKey.expires_at <= now
+                IdempotencyKey.user_id == new.user_id, IdempotencyKey.expires_at <= now
             )
         )
         row = await session.scalar(
             select(IdempotencyKey)
-            .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+            .where(IdempotencyKey.user_id == new.user_id, IdempotencyKey.key == new.key)
             .with_for_update()
         )
         if row is None:
-            session.add(
-                IdempotencyKey(
-                    user_id=user_id,
-                    key=key,
-                    fingerprint=fingerprint,
-                    owner=owner,
-                    locked_at=now,
-                    expires_at=now + ttl,
-                )
-            )
+            session.add(new)
             await session.flush()  # a concurrent first claim fails here (IntegrityError)
-            return Claim(owner=owner)
-        if row.fingerprint != fingerprint:
+            return Claim(owner=new.owner)
+        if row.fingerprint != new.fingerprint:
             raise IdempotencyKeyMismatch(
                 "This Idempotency-Key was used for another request; use a new key for a new "
                 "request."
@@ -131,9 +125,9 @@ async def _claim_once(
                 "when it has answered.",
                 retry_after=max(1, min(wait, 5)),
             )
-        row.owner = owner
+        row.owner = new.owner
         row.locked_at = now
-        return Claim(owner=owner)
+        return Claim(owner=new.owner)
 
 
 async def complete(
