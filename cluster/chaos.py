@@ -259,8 +259,10 @@ class Chaos:
     async def rolling_restart(self) -> Report:
         def fault(report: Report) -> None:
             for replica in list(self.cluster.replicas):
+                local.drain(self.cluster, replica.name)
                 self.cluster.stop_process(replica.name)  # SIGTERM: in-flight requests finish
                 self.cluster.start_replica(replica.name)
+                local.undrain(self.cluster, replica.name)
                 local.wait_balanced(self.cluster)
 
         return await self.scenario("rolling", fault, lambda report: None)

@@ -479,24 +479,51 @@ def _start_haproxy(cluster: Cluster) -> None:
     cluster._wait_listening(cluster.processes["haproxy"])
 
 
-def server_states(cluster: Cluster) -> dict[str, str]:
-    """HAProxy's view of each replica: UP, DOWN, MAINT... (from its admin socket)."""
+def admin(cluster: Cluster, command: str) -> str:
+    """One command on HAProxy's admin socket; its answer."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(2)
         sock.connect(str(cluster.state_dir / "haproxy.sock"))
-        sock.sendall(b"show servers state replicas\n")
+        sock.sendall(command.encode() + b"\n")
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
+    return data.decode()
+
+
+def server_states(cluster: Cluster) -> dict[str, str]:
+    """HAProxy's view of each replica: UP, DOWN, MAINT... (from its admin socket)."""
     states = {}
-    for line in data.decode().splitlines()[2:]:
+    for line in admin(cluster, "show servers state replicas").splitlines()[2:]:
         parts = line.split()
-        if len(parts) > 5 and not parts[3].startswith(FALLBACK):
-            # srv_op_state: 0 stopped, 1 starting, 2 running, 3 stopping
-            states[parts[3]] = {"0": "DOWN", "1": "STARTING", "2": "UP", "3": "STOPPING"}.get(
-                parts[5], parts[5]
-            )
+        if len(parts) > 6 and not parts[3].startswith(FALLBACK):
+            # srv_op_state: 0 stopped, 1 starting, 2 running, 3 stopping; srv_admin_state:
+            # non-zero when taken out by hand (maintenance, drain)
+            op_state = {"0": "DOWN", "1": "STARTING", "2": "UP", "3": "STOPPING"}
+            states[parts[3]] = "MAINT" if parts[6] != "0" else op_state.get(parts[5], parts[5])
     return states
+
+
+def drain(cluster: Cluster, name: str) -> None:
+    """Send a replica no new requests and wait until it has answered the ones it has, as
+    Kubernetes takes a terminating pod out of the endpoints before its SIGTERM matters."""
+    for server in (name, FALLBACK + name):
+        admin(cluster, f"set server replicas/{server} state maint")
+
+    def idle() -> bool:
+        for line in admin(cluster, "show stat").splitlines():
+            fields = line.split(",")
+            ours = fields[0] == "replicas" and fields[1] in (name, FALLBACK + name)
+            if ours and fields[4] and int(fields[4]) > 0:  # scur: requests in progress
+                return False
+        return True
+
+    _wait_until(idle, f"{name} drained", cluster.shutdown_timeout)
+
+
+def undrain(cluster: Cluster, name: str) -> None:
+    for server in (name, FALLBACK + name):
+        admin(cluster, f"set server replicas/{server} state ready")
 
 
 def wait_balanced(cluster: Cluster, timeout: float = 30) -> None:
