@@ -7,7 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
 
-.PHONY: install install-browser run test test-fast test-s3 bench stress lint format migrate clean
+.PHONY: install install-browser install-haproxy run test test-fast test-s3 bench stress lint \
+	format migrate clean cluster cluster-stop chaos
 
 install: $(STAMP)
 
@@ -36,7 +37,7 @@ SLOW := browser or corpus or server or postgres
 # contract covers every adapter, S3 included, in the first pass already; the corpus checks pixels.
 S3_TESTS := tests/api tests/services
 
-test: install install-browser
+test: install install-browser install-haproxy
 	$(PYTEST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-s3
 
@@ -44,19 +45,43 @@ test: install install-browser
 test-fast: install
 	$(PYTEST) -m "not ($(SLOW))" $(PYTEST_ARGS)
 
-# The browser tests use Debian's Chromium (Playwright never downloads one). Installed with
-# apt-get when missing and this runs as root; otherwise those tests skip (and fail under CI=true).
-install-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian packages the tests use, installed with apt-get when missing and this runs as root;
+# otherwise the tests that need them skip (and fail under CI=true).
+# $(call debian-package,COMMAND,PACKAGE,WHAT NEEDS IT)
+define debian-package
+	@command -v $(1) >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
 		else \
-			echo "chromium is not installed: the browser tests will skip (apt-get install chromium)"; \
+			echo "$(2) is not installed: $(3) will skip (apt-get install $(2))"; \
 		fi; }
+endef
+
+# The browser tests use Debian's Chromium (Playwright never downloads one).
+install-browser:
+	$(call debian-package,chromium,chromium,the browser tests)
+
+# The local cluster (`make cluster`, `make chaos`, tests/cluster) balances with Debian's HAProxy.
+install-haproxy:
+	$(call debian-package,haproxy,haproxy,the cluster tests)
 
 # The API and service tests with S3 storage: a moto S3 server on loopback, over HTTP.
 test-s3: install
 	AVATAR_TEST_STORAGE=s3 $(PYTEST) -m "not corpus" $(PYTEST_ARGS) $(S3_TESTS)
+
+# N replicas of `avatar-service serve` behind HAProxy on 127.0.0.1:$(CLUSTER_PORT), sharing the
+# local PostgreSQL, moto's S3 server and a Redis of their own (README: "A cluster on one machine").
+REPLICAS ?= 3
+CLUSTER_PORT ?= 8800
+cluster: install install-haproxy
+	$(BIN)/python -m cluster start --replicas $(REPLICAS) --port $(CLUSTER_PORT)
+
+cluster-stop:
+	$(BIN)/python -m cluster stop
+
+# Faults under load on a cluster of its own; prints the figures (README: "Faults under load").
+chaos: install install-haproxy
+	$(BIN)/python -m cluster.chaos $(CHAOS_ARGS)
 
 # Benchmarks need pyvips (the bench extra) for the reference pipeline.
 bench: install
@@ -71,12 +96,12 @@ stress: install
 	$(BIN)/python -m benchmarks.stress $(STRESS_ARGS)
 
 lint: install
-	$(BIN)/ruff check app tests alembic benchmarks
-	$(BIN)/ruff format --check app tests alembic benchmarks
+	$(BIN)/ruff check app tests alembic benchmarks cluster
+	$(BIN)/ruff format --check app tests alembic benchmarks cluster
 
 format: install
-	$(BIN)/ruff format app tests alembic benchmarks
-	$(BIN)/ruff check --fix app tests alembic benchmarks
+	$(BIN)/ruff format app tests alembic benchmarks cluster
+	$(BIN)/ruff check --fix app tests alembic benchmarks cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -163,7 +163,8 @@ def gc(
     ] = False,
 ) -> None:
     """Find stored objects no avatar references, unfinished writes (temp files of a killed
-    process) and avatars whose objects are missing.
+    process), avatars whose objects are missing, and expired Idempotency-Keys (deleted with the
+    orphans).
 
     Exits 0 when all is well; 1 when an avatar points at a missing object, a deletion failed,
     or the database or the store failed during the run; 2 when the configuration is invalid or
@@ -175,22 +176,24 @@ def gc(
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.services.gc import reconcile
+    from app.services.idempotency import expired_keys
     from app.services.runtime import open_runtime
     from app.storage import StorageUnavailable
 
     settings = _settings()
 
-    async def run() -> GcReport:
+    async def run() -> tuple[GcReport, int]:
         async with open_runtime(settings) as runtime:
-            return await reconcile(
+            report = await reconcile(
                 sessions=runtime.sessions,
                 storage=runtime.storage,
                 grace=timedelta(seconds=grace),
                 apply=apply,
             )
+            return report, await expired_keys(sessions=runtime.sessions, apply=apply)
 
     try:
-        report = asyncio.run(run())
+        report, expired = asyncio.run(run())
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -201,6 +204,7 @@ def gc(
         typer.echo(f"error: the database cannot be used: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from None
     _print_gc_report(report, settings, show_orphans=show)
+    typer.echo(f"expired Idempotency-Keys {'deleted' if apply else 'found'}: {expired}")
     if not report.clean:
         raise typer.Exit(1)
 

@@ -102,8 +102,20 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
-            expose_headers=["ETag", "Retry-After", "X-Request-ID", "Location"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-None-Match",
+                "X-Request-ID",
+                "Idempotency-Key",
+            ],
+            expose_headers=[
+                "ETag",
+                "Retry-After",
+                "X-Request-ID",
+                "Location",
+                "Idempotent-Replayed",
+            ],
             max_age=600,
         )
     install_problem_handlers(app)

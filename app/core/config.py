@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     # Redis shared by the replicas (rate limits); unset: each process keeps its own counts.
     redis_url: str = ""
 
+    # Idempotency-Key: how long a first answer is kept for retries, and how long a request may
+    # hold its key before another takes it over (its replica is taken to be gone).
+    idempotency_ttl: int = Field(default=24 * 3600, gt=0)
+    idempotency_lock_timeout: float = Field(default=120.0, gt=0)
+
     max_upload_bytes: int = Field(default=10 * MIB, gt=0)
     # `?inline=<variant>` adds a data: URI to the avatar document up to this many bytes.
     inline_max_bytes: int = Field(default=64 * 1024, gt=0)

@@ -8,6 +8,7 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     ├── ResourceNotFound            404 not_found
     ├── MethodNotAllowed            405 method_not_allowed
     ├── AvatarChanged               409 avatar_changed
+    ├── IdempotencyKeyInUse         409 idempotency_key_in_use (with Retry-After)
     ├── PayloadTooLarge             413 image_too_large
     ├── ClientDisconnected          400 client_disconnected (the client is gone; for logs)
     ├── RequestTimeout              408 request_timeout (a body, or the headers, too slow)
@@ -18,7 +19,9 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     │   ├── MissingFile             422 missing_file
     │   ├── InvalidBase64           422 invalid_base64
     │   ├── UnknownVariant          422 unknown_variant
-    │   └── InlineTooLarge          422 inline_too_large
+    │   ├── InlineTooLarge          422 inline_too_large
+    │   ├── InvalidIdempotencyKey   422 invalid_idempotency_key
+    │   └── IdempotencyKeyMismatch  422 idempotency_key_mismatch
     ├── ImageError                  (the imaging pipeline raises only these)
     │   ├── UnsupportedFormat       415 unsupported_format
     │   ├── CorruptImage            422 corrupt_image
@@ -171,6 +174,29 @@ class UnknownVariant(InvalidRequest):
 class InlineTooLarge(InvalidRequest):
     code = "inline_too_large"
     title = "Image too large to inline"
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    code = "invalid_idempotency_key"
+    title = "Invalid Idempotency-Key"
+
+
+class IdempotencyKeyMismatch(InvalidRequest):
+    """The key was used before for another request (another body, method or query)."""
+
+    code = "idempotency_key_mismatch"
+    title = "Idempotency-Key reused for another request"
+
+
+class IdempotencyKeyInUse(AppError):
+    """The first request with this key is still running; retry once it has answered."""
+
+    status = 409
+    code = "idempotency_key_in_use"
+    title = "Idempotency-Key in use"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class ImageError(AppError):

@@ -53,10 +53,19 @@ class UploadRateLimiter:
         self._redis_pool = None
         if redis_url:
             import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
-            # Our own pool, so that the connections can be closed with the app.
+            # Our own pool, so that the connections can be closed with the app. A pooled
+            # connection that Redis closed (a restart) is replaced once at once, so the first
+            # uploads after a restart are counted rather than let through.
             self._redis_pool = redis.asyncio.ConnectionPool.from_url(
-                redis_url, socket_connect_timeout=1, socket_timeout=1
+                redis_url,
+                socket_connect_timeout=1,
+                socket_timeout=1,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
             options = {
                 "implementation": "redispy",

@@ -21,66 +21,12 @@ from app.core.config import Settings
 from app.core.security import create_token
 from app.main import create_app
 from app.storage import build_storage
+from cluster.tcpproxy import CuttableProxy
 from tests.client import assert_problem, upload
 from tests.conftest import _truncate, make_settings, serving
 from tests.services.support import FaultyStorage, store_snapshot, table_snapshot
 
 pytestmark = pytest.mark.postgres
-
-
-class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to the target; ``cut()`` and ``restore()`` it at will."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.connections: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Refuse new connections and drop the open ones, both ways."""
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        self.server = None
-        for writer in list(self.connections):
-            writer.transport.abort()
-        self.connections.clear()
-
-    async def restore(self) -> None:
-        await self.start()  # the same port again
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.cut()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.connections.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
-        self.connections.discard(sink)
 
 
 @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ from app.api.deps import (
     StorageDep,
     UploadingUser,
 )
+from app.api.idempotency import IdempotencyDep, upload_parts
 from app.api.problems import problem_responses
 from app.api.schemas import AvatarPublic, InlineImage
 from app.api.upload import (
@@ -212,6 +213,12 @@ def _crop_box(value: str | list[int] | None) -> CropBox | None:
     return parse_crop(value)
 
 
+IDEMPOTENCY_ERRORS = (
+    errors.InvalidIdempotencyKey,
+    errors.IdempotencyKeyMismatch,
+    errors.IdempotencyKeyInUse,
+)
+
 _UPLOAD_ERRORS = (
     errors.NotAuthenticated,
     errors.RequestTimeout,
@@ -233,6 +240,7 @@ _UPLOAD_ERRORS = (
     errors.StorageUnavailableError,
     errors.InsufficientStorage,
     errors.DatabaseUnavailable,
+    *IDEMPOTENCY_ERRORS,
 )
 
 
@@ -255,6 +263,7 @@ async def upload_avatar(
     pool: PoolDep,
     options: PipelineOptionsDep,
     write: DocumentDep,
+    idempotency: IdempotencyDep,
     crop: Annotated[str | None, Query(description=_CROP_HELP)] = None,
     inline: InlineQuery = None,
 ) -> Response:
@@ -272,17 +281,21 @@ async def upload_avatar(
         )
         if crop_box is None and CROP_FIELD in upload.fields:
             crop_box = parse_crop(upload.fields[CROP_FIELD])
-        async with abandoned_on_disconnect(request, place):
-            avatar = await service.replace_avatar(
-                sessions=sessions,
-                storage=storage,
-                pool=pool,
-                options=options,
-                user_id=user_id,
-                upload=upload.data,
-                crop=crop_box,
-            )
-    return await write(avatar, inline=inline, public=False, status_code=201, committed=True)
+
+        async def replace() -> Response:
+            async with abandoned_on_disconnect(request, place):
+                avatar = await service.replace_avatar(
+                    sessions=sessions,
+                    storage=storage,
+                    pool=pool,
+                    options=options,
+                    user_id=user_id,
+                    upload=upload.data,
+                    crop=crop_box,
+                )
+            return await write(avatar, inline=inline, public=False, status_code=201, committed=True)
+
+        return await idempotency.run(upload_parts(upload.data, upload.fields), replace)
 
 
 # A crop change is a few dozen bytes of JSON; anything much longer is not one.
@@ -320,6 +333,7 @@ PATCH_MAX_BYTES = 4096
             errors.StorageUnavailableError,
             errors.InsufficientStorage,
             errors.DatabaseUnavailable,
+            *IDEMPOTENCY_ERRORS,
         ),
     },
 )
@@ -332,6 +346,7 @@ async def update_avatar_crop(
     pool: PoolDep,
     options: PipelineOptionsDep,
     write: DocumentDep,
+    idempotency: IdempotencyDep,
 ) -> Response:
     # No body parameter: FastAPI reads nothing before the token and the rate limit have passed.
     body = await read_json_body(
@@ -344,18 +359,23 @@ async def update_avatar_crop(
         patch = AvatarPatch.model_validate(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    crop = _crop_box(patch.crop)
-    with pool.reserve() as place:
-        async with abandoned_on_disconnect(request, place):
-            avatar = await service.recrop_avatar(
-                sessions=sessions,
-                storage=storage,
-                pool=pool,
-                options=options,
-                user_id=user_id,
-                crop=crop,
-            )
-    return await write(avatar, inline=None, public=False, committed=True)
+    box = _crop_box(patch.crop)
+
+    async def recrop() -> Response:
+        with pool.reserve() as place:
+            async with abandoned_on_disconnect(request, place):
+                avatar = await service.recrop_avatar(
+                    sessions=sessions,
+                    storage=storage,
+                    pool=pool,
+                    options=options,
+                    user_id=user_id,
+                    crop=box,
+                )
+        return await write(avatar, inline=None, public=False, committed=True)
+
+    # The box, not the JSON: "0,0,200,200" and [0, 0, 200, 200] are one request.
+    return await idempotency.run([repr(box).encode()], recrop)
 
 
 _READ_ERRORS = (errors.AvatarNotFound, errors.UnknownVariant, errors.InlineTooLarge)
@@ -383,13 +403,18 @@ async def read_my_avatar(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete the caller's avatar and its files",
-    responses=problem_responses(errors.NotAuthenticated, errors.AvatarNotFound),
+    responses=problem_responses(
+        errors.NotAuthenticated, errors.AvatarNotFound, *IDEMPOTENCY_ERRORS
+    ),
 )
 async def delete_my_avatar(
-    user_id: CurrentUser, sessions: SessionsDep, storage: StorageDep
+    user_id: CurrentUser, sessions: SessionsDep, storage: StorageDep, idempotency: IdempotencyDep
 ) -> Response:
-    await service.delete_avatar(sessions=sessions, storage=storage, user_id=user_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    async def delete() -> Response:
+        await service.delete_avatar(sessions=sessions, storage=storage, user_id=user_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return await idempotency.run([], delete)
 
 
 @router.get(
