@@ -188,10 +188,10 @@ def candidates(items: list[Sample], runs: int) -> list[str]:
     copies = []
     for sample in items:
         first, _full, _orientation = upright(sample.data)
-        grey, factor = detector.grey_copy(first, detector.DETECT_SIDE)
+        grey, factor = detector.grey_copy(first, detector.DETECT_SIDE, detector.DETECT_LONG)
         copies.append((sample, grey, factor))
     photo, _full, _orientation = upright(phone_photo())
-    photo_grey, _factor = detector.grey_copy(photo, detector.DETECT_SIDE)
+    photo_grey, _factor = detector.grey_copy(photo, detector.DETECT_SIDE, detector.DETECT_LONG)
     lines = ["  cascade                              found   false   ms (12 MP copy)"]
     names = ("default", "alt", "alt2", "alt_tree")
     for name in names:

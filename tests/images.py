@@ -109,3 +109,28 @@ def assert_clean_webp(data: bytes, *, markers: tuple[bytes, ...] = ()) -> None:
         assert not image.getexif(), "EXIF readable from output"
     for marker in markers:
         assert marker not in data, f"payload marker {marker!r} in output"
+
+
+# scikit-image's astronaut portrait (shipped in that package): the head-and-shoulders cut pasted
+# by ``face_photo``, and the whole face (hairline to chin) within that cut.
+_HEAD_CUT = (100, 0, 360, 330)
+_HEAD_FACE = (78, 66, 97, 120)
+
+
+def face_photo(
+    size: tuple[int, int] = (1200, 600),
+    *,
+    face_left: int = 900,
+    face_top: int = 100,
+    face_width: int = 200,
+) -> tuple[bytes, tuple[int, int, int, int]]:
+    """A JPEG with one face at a known place on a plain background, and that face's box."""
+    from skimage import data
+
+    head = Image.fromarray(data.astronaut()).crop(_HEAD_CUT)
+    factor = face_width / _HEAD_FACE[2]
+    head = head.resize((round(head.width * factor), round(head.height * factor)))
+    fx, fy, fw, fh = (round(v * factor) for v in _HEAD_FACE)
+    picture = Image.new("RGB", size, (70, 90, 120))
+    picture.paste(head, (face_left - fx, face_top - fy))
+    return encode(picture, "JPEG", quality=90), (face_left, face_top, fw, fh)

@@ -112,7 +112,7 @@ COMMAND_OPTIONS = {
     "migrate": ["REVISION"],
     "token": ["USER_ID", "--ttl"],
     "gc": ["--apply", "--grace", "--list"],
-    "reprocess": ["--checkpoint", "--restart", "--json", "AVATAR_DATA_DIR"],
+    "reprocess": ["--checkpoint", "--restart", "--auto-crop", "--json", "AVATAR_DATA_DIR"],
     "import": ["DIR", "--user-from-filename", "--dry-run", "--skip-existing", "--json"],
     "process": ["FILE", "--out", "--crop", "--json"],
 }

@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 from PIL import Image
 from smartcrop import SmartCrop
 
-from app.imaging.face import Face, detect_faces
+from app.imaging.face import DETECT_LONG, DETECT_SIDE, Face, detect_faces
 
 AutoCrop = Literal["face", "content", "centre"]
 CropSource = Literal["face", "content", "centre", "client"]
@@ -30,8 +30,10 @@ CropSource = Literal["face", "content", "centre", "client"]
 FACE_ZOOM = 2.4
 # Where the face's centre sits in the square, from its top (hair above, chin and neck below).
 FACE_CENTRE_AT = 0.45
-# The copy both steps work on (long side, pixels); face.DETECT_SIDE is no larger.
-WORK_SIDE = 200
+# The copy both steps work on (short side and longest long side, pixels), as face.detect_faces
+# looks at it: it makes no second copy.
+WORK_SIDE = DETECT_SIDE
+WORK_LONG = DETECT_LONG
 # smartcrop works on a copy of this long side, scoring on cells of SCORE_CELL pixels.
 CONTENT_SIDE = 120
 SCORE_CELL = 4
@@ -55,7 +57,7 @@ def propose_square(image: Image.Image, mode: AutoCrop = "face") -> tuple[Square,
     if mode == "centre":
         return centre_square(width, height), "centre"
     # One small copy serves both steps: the proposal never touches the large image again.
-    factor = min(1.0, WORK_SIDE / max(width, height))
+    factor = min(1.0, WORK_SIDE / min(width, height), WORK_LONG / max(width, height))
     small = image
     if factor < 1.0:
         size = (max(1, round(width * factor)), max(1, round(height * factor)))

@@ -23,9 +23,10 @@ from PIL import Image
 
 CASCADE = "haarcascade_frontalface_alt.xml"
 PROFILE = "haarcascade_profileface.xml"
-# The copy faces are looked for on (long side, pixels), and the smallest face looked for: the
-# cascades' 20 px window, or MIN_FACE of the copy's short side if larger.
-DETECT_SIDE = 200
+# The copy faces are looked for on (short side, pixels; the long side at most DETECT_LONG), and
+# the smallest face looked for: the cascades' 20 px window, or MIN_FACE of the short side.
+DETECT_SIDE = 150
+DETECT_LONG = 300
 WINDOW = 20
 MIN_FACE = 0.07
 # Each step of the detector's image pyramid is SCALE_STEP smaller than the one before; a face is
@@ -34,7 +35,7 @@ SCALE_STEP = 1.25
 NEIGHBOURS = 3
 # Profiles: only faces of at least PROFILE_MIN_FACE of the short side, in coarser steps (the
 # profile cascade runs twice and is the dearer one).
-PROFILE_MIN_FACE = 0.2
+PROFILE_MIN_FACE = 0.25
 PROFILE_SCALE_STEP = 1.3
 PROFILE_NEIGHBOURS = 4
 
@@ -66,7 +67,7 @@ def _classifier(name: str = CASCADE) -> cv2.CascadeClassifier:
 
 def detect_faces(image: Image.Image) -> list[Face]:
     """The faces in ``image``, largest first."""
-    grey, factor = grey_copy(image, DETECT_SIDE)
+    grey, factor = grey_copy(image, DETECT_SIDE, DETECT_LONG)
     side = max(WINDOW, round(MIN_FACE * min(grey.shape)))
     found = list(
         _classifier().detectMultiScale(
@@ -90,10 +91,10 @@ def detect_faces(image: Image.Image) -> list[Face]:
     return sorted(faces, key=lambda face: face.width * face.height, reverse=True)
 
 
-def grey_copy(image: Image.Image, long_side: int) -> tuple[np.ndarray, float]:
-    """A grey copy with its long side at most ``long_side``, histogram-equalised, and the factor
-    from ``image`` to it."""
-    factor = min(1.0, long_side / max(image.size))
+def grey_copy(image: Image.Image, short_side: int, long_side: int) -> tuple[np.ndarray, float]:
+    """A grey copy with its short side at most ``short_side`` and its long side at most
+    ``long_side``, histogram-equalised, and the factor from ``image`` to it."""
+    factor = min(1.0, short_side / min(image.size), long_side / max(image.size))
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
     small = image.convert("L") if factor == 1.0 else image.resize(size, reducing_gap=2.0)
     grey = np.asarray(small.convert("L"))
