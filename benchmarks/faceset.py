@@ -32,7 +32,7 @@ Box = tuple[int, int, int, int]
 
 # The stored pixels of a picture that EXIF orientation N shows upright: the inverse of the
 # transpose a viewer applies.
-_STORE_FOR_ORIENTATION = {
+STORE_FOR_ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -207,7 +207,7 @@ def _sample(
     stored = upright
     exif = Image.Exif()
     if orientation != 1:
-        stored = upright.transpose(_STORE_FOR_ORIENTATION[orientation])
+        stored = upright.transpose(STORE_FOR_ORIENTATION[orientation])
         exif[0x0112] = orientation
     buffer = io.BytesIO()
     stored.save(buffer, "JPEG", quality=90, exif=exif)

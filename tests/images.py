@@ -42,18 +42,10 @@ def marked_orientation_jpeg(orientation: int) -> bytes:
     """A 60x40 upright picture (red left half, blue right half, green top-left block) stored
     rotated/flipped as a camera would, with the EXIF orientation that undoes it."""
     from app.imaging.pipeline import _ORIENTATION_TRANSPOSE
+    from benchmarks.faceset import STORE_FOR_ORIENTATION as inverse
 
     upright = upright_marker()
     stored = upright
-    inverse = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }
     assert set(inverse) == set(_ORIENTATION_TRANSPOSE)
     if orientation in inverse:
         stored = upright.transpose(inverse[orientation])

@@ -19,13 +19,7 @@ from tests.images import encode, face_photo
 
 
 def contains(square: Square, box: tuple[int, int, int, int]) -> bool:
-    x, y, w, h = box
-    return (
-        square.x <= x
-        and square.y <= y
-        and x + w <= square.x + square.side
-        and y + h <= square.y + square.side
-    )
+    return bench.inside(box, CropBox(square.x, square.y, square.side, square.side))
 
 
 def test_a_face_off_centre_gets_a_square_around_it() -> None:
