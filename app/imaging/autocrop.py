@@ -37,8 +37,10 @@ WORK_LONG = DETECT_LONG
 # smartcrop works on a copy of this long side, scoring on cells of SCORE_CELL pixels.
 CONTENT_SIDE = 120
 SCORE_CELL = 4
-# The content square must score this much better than the centre square to be chosen.
-CONTENT_MARGIN = 0.002
+# The content square must score this much better than the centre square to be chosen: with
+# less, small faces the detector missed were cut off more often than the centre cuts them
+# (measured on two draws of the labelled set).
+CONTENT_MARGIN = 0.01
 
 _smartcrop = SmartCrop(score_down_sample=SCORE_CELL)
 

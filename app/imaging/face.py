@@ -34,9 +34,9 @@ MIN_FACE = 0.07
 SCALE_STEP = 1.25
 NEIGHBOURS = 3
 # Profiles: only faces of at least PROFILE_MIN_FACE of the short side, in coarser steps (the
-# profile cascade runs twice and is the dearer one).
+# profile cascade runs twice, both ways round).
 PROFILE_MIN_FACE = 0.25
-PROFILE_SCALE_STEP = 1.3
+PROFILE_SCALE_STEP = 1.4
 PROFILE_NEIGHBOURS = 4
 
 # OpenCV's own thread pool would compete with the image pool's threads for the same cores.
