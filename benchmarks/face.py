@@ -171,7 +171,9 @@ def upload_cost(data: bytes, runs: int) -> list[str]:
         with spawned_server(auto_crop=setting) as server:
             client = Client(server, "bench-user")
             try:
-                client.upload(body, content_type)  # warm-up
+                # Warm-up: each worker thread loads its own cascades on its first upload.
+                for _ in range(4):
+                    client.upload(body, content_type)
                 assert server.pid is not None
                 cpu_before = _server_cpu_ms(server.pid)
                 times = []
