@@ -505,16 +505,27 @@ def reprocess(
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore the checkpoint; start from the first user.")
     ] = False,
+    auto_crop: Annotated[
+        bool,
+        typer.Option(
+            "--auto-crop",
+            help="Propose each crop again from the stored original (AVATAR_AUTO_CROP: faces, "
+            "else content, else centre), as an upload does; crops a client chose are left "
+            "alone (skipped as client_crop).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Regenerate every avatar's squares from its stored original with the current settings.
 
-    Run it after changing AVATAR_THUMBNAIL_SIZE(S) or the pipeline. Users are done one at a
-    time in user id order, each exactly like a crop change (new objects, then the row, then the
-    old objects deleted); the original is kept. Resumable: a rerun continues after the last
-    finished user and first retries the users that failed; the checkpoint is removed when a run
-    ends with no failures. Exits 0 when all went well, 1 when some users failed, 2 on invalid
-    configuration, an unusable store or a checkpoint made with other settings, 130 on Ctrl-C.
+    Run it after changing AVATAR_THUMBNAIL_SIZE(S) or the pipeline, or with --auto-crop to give
+    avatars stored before the automatic crop (or with another AVATAR_AUTO_CROP) a proposed one.
+    Users are done one at a time in user id order, each exactly like a crop change (new
+    objects, then the row, then the old objects deleted); the original is kept. Resumable: a
+    rerun continues after the last finished user and first retries the users that failed; the
+    checkpoint is removed when a run ends with no failures. Exits 0 when all went well, 1 when
+    some users failed, 2 on invalid configuration, an unusable store or a checkpoint made with
+    other settings, 130 on Ctrl-C.
     """
     import errno
     import os
@@ -528,7 +539,7 @@ def reprocess(
 
     async def work() -> ReprocessReport:
         async with open_runtime(settings) as runtime:
-            fingerprint = run_fingerprint(runtime)
+            fingerprint = run_fingerprint(runtime, auto_crop=auto_crop)
             if restart:
                 saved = Checkpoint(path, fingerprint)
             else:
@@ -551,15 +562,16 @@ def reprocess(
                     + (f", {len(saved.failed)} failed users first" if saved.failed else ""),
                     err=True,
                 )
-            with _ProgressBar("reprocess") as bar:
+            with _ProgressBar("reprocess --auto-crop" if auto_crop else "reprocess") as bar:
                 return await reprocess_avatars(
-                    runtime, saved, on_start=bar.start, on_done=bar.advance
+                    runtime, saved, auto_crop=auto_crop, on_start=bar.start, on_done=bar.advance
                 )
 
     def interrupted() -> str:
         after = state[0].after if state else None
         where = f"after user {after!r}" if after is not None else "from the first user"
-        return f"run `avatar-service reprocess` again to continue {where}"
+        again = "reprocess --auto-crop" if auto_crop else "reprocess"
+        return f"run `avatar-service {again}` again to continue {where}"
 
     report = _run_bulk(work, interrupted=interrupted)
     kept = state[0].path if state and state[0].failed else None
@@ -579,7 +591,7 @@ def reprocess(
             _counts_table(
                 [
                     ("reprocessed", len(report.done)),
-                    ("skipped (gone or replaced meanwhile)", len(report.skipped)),
+                    ("skipped (gone, replaced meanwhile, or a client's crop)", len(report.skipped)),
                     ("failed", len(report.failed)),
                 ],
                 "users",

@@ -144,11 +144,11 @@ def measure_isolated(name: str, data: bytes, runs: int) -> Measured:
 # The whole upload -------------------------------------------------------------------------------
 
 
-def measure_upload(data: bytes, runs: int) -> Measured:
+def measure_upload(data: bytes, runs: int, **settings: str) -> Measured:
     from benchmarks.server import Client, memory_mb, multipart, spawned_server
 
     body, content_type = multipart(data)
-    with spawned_server() as server:
+    with spawned_server(**settings) as server:
         client = Client(server, "bench-user")
         try:
             status, document, _ms = client.upload(body, content_type)  # warm-up

@@ -48,18 +48,10 @@ def marked_orientation_jpeg(orientation: int) -> bytes:
     """A 60x40 upright picture (red left half, blue right half, green top-left block) stored
     rotated/flipped as a camera would, with the EXIF orientation that undoes it."""
     from app.imaging.pipeline import _ORIENTATION_TRANSPOSE
+    from benchmarks.faceset import STORE_FOR_ORIENTATION as inverse
 
     upright = upright_marker()
     stored = upright
-    inverse = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }
     assert set(inverse) == set(_ORIENTATION_TRANSPOSE)
     if orientation in inverse:
         stored = upright.transpose(inverse[orientation])
@@ -225,3 +217,28 @@ def measured(func: Callable[..., object], *args: object) -> tuple[object, float,
     seconds = time.perf_counter() - started
     peak_kib = _status_kib("VmHWM") if precise else resource.getrusage(resource.RUSAGE_SELF)[2]
     return outcome, seconds, max(peak_kib - before_kib, 0) / 1024
+
+
+# scikit-image's astronaut portrait (shipped in that package): the head-and-shoulders cut pasted
+# by ``face_photo``, and the whole face (hairline to chin) within that cut.
+_HEAD_CUT = (100, 0, 360, 330)
+_HEAD_FACE = (78, 66, 97, 120)
+
+
+def face_photo(
+    size: tuple[int, int] = (1200, 600),
+    *,
+    face_left: int = 900,
+    face_top: int = 100,
+    face_width: int = 200,
+) -> tuple[bytes, tuple[int, int, int, int]]:
+    """A JPEG with one face at a known place on a plain background, and that face's box."""
+    from skimage import data
+
+    head = Image.fromarray(data.astronaut()).crop(_HEAD_CUT)
+    factor = face_width / _HEAD_FACE[2]
+    head = head.resize((round(head.width * factor), round(head.height * factor)))
+    fx, fy, fw, fh = (round(v * factor) for v in _HEAD_FACE)
+    picture = Image.new("RGB", size, (70, 90, 120))
+    picture.paste(head, (face_left - fx, face_top - fy))
+    return encode(picture, "JPEG", quality=90), (face_left, face_top, fw, fh)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from app.cli import cli
@@ -28,7 +28,7 @@ from app.services.avatars import recrop_avatar, replace_avatar
 from app.services.runtime import close_storage, open_runtime
 from app.storage import build_storage
 from tests.conftest import make_settings
-from tests.images import encode, jpeg_with_metadata
+from tests.images import encode, face_photo, jpeg_with_metadata
 from tests.services.support import child_env, run_cli, store_snapshot
 
 pytestmark = pytest.mark.server
@@ -114,7 +114,7 @@ COMMAND_OPTIONS = {
     "migrate": ["REVISION"],
     "token": ["USER_ID", "--ttl"],
     "gc": ["--apply", "--grace", "--list"],
-    "reprocess": ["--checkpoint", "--restart", "--json", "AVATAR_DATA_DIR"],
+    "reprocess": ["--checkpoint", "--restart", "--auto-crop", "--json", "AVATAR_DATA_DIR"],
     "import": ["DIR", "--user-from-filename", "--dry-run", "--skip-existing", "--json"],
     "process": ["FILE", "--out", "--crop", "--json"],
 }
@@ -303,6 +303,61 @@ async def test_reprocess_derives_every_avatar_again_with_the_current_sizes(
         assert avatars[user].variant("original") == before[user].variant("original")
         assert_current(avatars[user], store, AFTER_SQUARES)
     assert avatars["ben"].crop == [10, 20, 320, 320]
+    assert not checkpoint_path(settings).exists()
+
+
+async def test_reprocess_auto_crop_proposes_crops_and_leaves_client_crops_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    centred = settings.model_copy(update={"auto_crop": "centre"})
+    photo, (face_x, face_y, face_w, face_h) = face_photo((1200, 600), face_left=850, face_width=250)
+    async with open_runtime(centred) as runtime:  # stored before the automatic crop
+        for user in ("ann", "ben", "cat"):
+            await replace_avatar(
+                sessions=runtime.sessions,
+                storage=runtime.storage,
+                pool=runtime.pool,
+                options=runtime.options,
+                user_id=user,
+                upload=photo,
+            )
+        await recrop_avatar(  # ben chose his square
+            sessions=runtime.sessions,
+            storage=runtime.storage,
+            pool=runtime.pool,
+            options=runtime.options,
+            user_id="ben",
+            crop=CropBox(0, 0, 500, 500),
+        )
+    engine = create_engine(settings.database_url)
+    try:  # cat's row is as rows made before crop_source was recorded
+        async with create_sessionmaker(engine)() as session, session.begin():
+            await session.execute(
+                update(Avatar).where(Avatar.user_id == "cat").values(crop=None, crop_source=None)
+            )
+    finally:
+        await engine.dispose()
+    before = await rows(settings)
+    assert before["ann"].crop_source == "centre"
+
+    faces = settings.model_copy(update={"auto_crop": "face"})
+    code, out, err = await run_cli(faces, "reprocess", "--auto-crop", "--json", cwd=tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["done"] == 2 and report["failed"] == []
+    assert [(s["user_id"], s["code"]) for s in report["skipped"]] == [("ben", "client_crop")]
+    assert "reprocess --auto-crop" in err  # the progress bar
+    avatars = await rows(settings)
+    for user in ("ann", "cat"):
+        avatar = avatars[user]
+        assert avatar.crop_source == "face"
+        x, y, side, _ = avatar.crop  # the original is 1200x600: its pixels are the photo's
+        assert x <= face_x and y <= face_y
+        assert face_x + face_w <= x + side and face_y + face_h <= y + side
+        assert avatar.variant("original") == before[user].variant("original")
+    assert avatars["ben"].crop == [0, 0, 500, 500] and avatars["ben"].crop_source == "client"
+    assert avatars["ben"].version == before["ben"].version
+    assert set(await objects(settings)) == referenced(avatars)
     assert not checkpoint_path(settings).exists()
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from app.db.models import Avatar
+from app.services.avatars import crop_source
 from app.storage.base import Storage
 
 
@@ -74,8 +75,15 @@ class AvatarPublic(BaseModel):
     placeholder: PlaceholderPublic | None = None
     crop: list[int] | None = Field(
         default=None,
+        examples=[[412, 96, 1024, 1024]],
         description="The box [x, y, width, height] of the original the squares were cut from "
-        "(null: its centre square).",
+        "(their centre square, when the box is not square).",
+    )
+    crop_source: Literal["face", "content", "centre", "client"] = Field(
+        default="centre",
+        description="What chose the box: `face` (around the faces found at upload), `content` "
+        "(no face: edges, saturation, skin), `centre`, or `client` (a crop sent with the upload "
+        "or by PATCH). Face positions themselves are never stored or returned.",
     )
     inline: InlineImage | None = Field(
         default=None, description="With ?inline=<variant>: that variant as a data: URI."
@@ -133,9 +141,15 @@ class AvatarPublic(BaseModel):
             orientation_applied=avatar.orientation_applied or 1,
             srcset=", ".join(f"{v.url} {v.width}w" for v in squares),
             placeholder=placeholder,
-            crop=list(avatar.crop) if avatar.crop else None,
+            crop=list(avatar.crop) if avatar.crop else _centre_square(original),
+            crop_source=crop_source(avatar),
             updated_at=updated_at,
         )
+
+
+def _centre_square(original: VariantPublic) -> list[int]:
+    side = min(original.width, original.height)
+    return [(original.width - side) // 2, (original.height - side) // 2, side, side]
 
 
 class HealthStatus(BaseModel):

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     allowed_formats: Annotated[list[ImageFormat], NoDecode] = Field(
         default_factory=lambda: ["JPEG", "PNG", "GIF", "WEBP"]
     )
+    # Uploads without a client crop: where the squares are cut. `face`: around the faces found,
+    # else `content` (smartcrop's edges, saturation, skin), else the `centre`.
+    auto_crop: Literal["face", "content", "centre"] = "face"
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     queue_size: int = Field(default=16, ge=0)
     # Seconds of work an image job may take (queueing excluded); then its worker process is

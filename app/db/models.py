@@ -46,6 +46,9 @@ class Avatar(Base):
     blurhash: Mapped[str | None] = mapped_column(String(128), nullable=True)
     dominant_color: Mapped[str | None] = mapped_column(String(7), nullable=True)
     crop: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # What chose the crop: "face", "content", "centre" (proposed at upload) or "client" (the
+    # upload's or PATCH's crop). None on rows made before it was recorded.
+    crop_source: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

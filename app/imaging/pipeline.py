@@ -21,7 +21,9 @@ fixed order; every one treats the input as hostile:
 7. ``to_srgb``      embedded ICC profile converted to sRGB; 16-bit, palette, grey -> 8-bit RGB(A);
                     the image leaves with an empty ``info``: nothing read from the file survives
 8. ``fit``          the crop box (or the whole picture) -> the original, capped; its centre
-                    square -> the thumbnails, each made from the one before, never upscaled
+                    square -> the thumbnails, each made from the one before, never upscaled.
+                    Without a crop box the square is proposed (``app.imaging.autocrop``: the
+                    face, else the content, else the centre) and the original stays whole
 9. ``encode``       WebP from pixels alone: no EXIF, XMP, ICC or comment can reach the encoder
 
 An animated GIF, WebP, PNG or AVIF repeats steps 6-8 for each frame and is encoded as an
@@ -52,6 +54,7 @@ from app.core.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
+from app.imaging.autocrop import AutoCrop, CropSource, propose_square
 from app.imaging.placeholder import Placeholder, make_placeholder
 
 # A truncated file is corrupt, never "the pixels we managed to read".
@@ -192,6 +195,8 @@ class PipelineOptions:
     # method 6 makes them 5% smaller for a few milliseconds.
     original_method: int = 2
     square_method: int = 6
+    # Without a client crop: how the square is chosen (face, else content, else centre).
+    auto_crop: AutoCrop = "centre"
 
     def squares(self) -> tuple[tuple[str, int], ...]:
         """(variant name, side) of every thumbnail, largest first."""
@@ -223,6 +228,9 @@ class ProcessedImage:
     frames: int = 1
     # BlurHash and dominant colour of the (first frame's) smallest square.
     placeholder: Placeholder | None = None
+    # The box the squares were cut from, in pixels of the original variant, and what chose it.
+    crop: CropBox | None = None
+    crop_source: CropSource | None = None
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -258,7 +266,8 @@ def process_image(
     durations, loop = [frame_duration(image)], loop_count(image)
 
     first = to_srgb(orient(_own(image, animated), transpose), removed)
-    layout = plan(full_size, transpose, first.size, crop, options)
+    focus, crop_source = choose_square(first, full_size, transpose, crop, options)
+    layout = plan(full_size, transpose, first.size, crop, options, focus=focus)
     rendered = [fit(first, layout)]
     if animated:
         for frame in later_frames(image, frame_count):
@@ -277,6 +286,8 @@ def process_image(
         metadata_removed=tuple(sorted(removed)),
         frames=len(rendered),
         placeholder=make_placeholder(rendered[0].squares[-1]),
+        crop=layout.focus_in_original,
+        crop_source=crop_source,
     )
 
 
@@ -780,6 +791,7 @@ class Layout:
     square_in_original: Box | None  # the same square in the original, when it is big enough
     square_is_region: bool  # the region is itself square
     squares: tuple[tuple[str, int], ...]  # (name, side), largest first
+    focus_in_original: CropBox | None = None  # the square, in whole pixels of the original
 
 
 def parse_crop(text: str) -> CropBox:
@@ -799,7 +811,11 @@ def plan(
     decoded_size: tuple[int, int],
     crop: CropBox | None,
     options: PipelineOptions,
+    *,
+    focus: CropBox | None = None,
 ) -> Layout:
+    """The squares are the centre square of ``focus`` (upright pixels, inside the region), by
+    default of the region (``crop``, else the whole picture)."""
     full_width, full_height = full_size
     if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image is the other way round
         full_width, full_height = full_height, full_width
@@ -821,26 +837,57 @@ def plan(
     if size[0] > crop.width * sx + 0.5:  # a draft decode landed under the cap: never upscale
         size = (max(1, round(crop.width * sx)), max(1, round(crop.height * sy)))
 
-    side = min(crop.width, crop.height)
-    left, top = crop.x + (crop.width - side) / 2, crop.y + (crop.height - side) / 2
+    square_of = focus or crop
+    side = min(square_of.width, square_of.height)
+    left = square_of.x + (square_of.width - side) / 2
+    top = square_of.y + (square_of.height - side) / 2
     squares = tuple((name, min(target, side)) for name, target in options.squares())
-    in_original: Box | None = None
-    if min(size) >= squares[0][1]:
-        ox, oy = size[0] / crop.width, size[1] / crop.height
-        in_original = (
-            (left - crop.x) * ox,
-            (top - crop.y) * oy,
-            (left - crop.x + side) * ox,
-            (top - crop.y + side) * oy,
-        )
+    ox, oy = size[0] / crop.width, size[1] / crop.height
+    box = (
+        (left - crop.x) * ox,
+        (top - crop.y) * oy,
+        (left - crop.x + side) * ox,
+        (top - crop.y + side) * oy,
+    )
+    in_original = box if min(size) >= squares[0][1] else None
     return Layout(
         region=scaled(crop.x, crop.y, crop.width, crop.height),
         original_size=size,
         square=scaled(left, top, side, side),
         square_in_original=in_original,
-        square_is_region=crop.width == crop.height,
+        square_is_region=(focus or crop) == crop and crop.width == crop.height,
         squares=squares,
+        focus_in_original=_whole_box(box, size),
     )
+
+
+def _whole_box(box: Box, size: tuple[int, int]) -> CropBox:
+    x, y = min(round(box[0]), size[0] - 1), min(round(box[1]), size[1] - 1)
+    width = max(1, min(round(box[2] - box[0]), size[0] - x))
+    height = max(1, min(round(box[3] - box[1]), size[1] - y))
+    return CropBox(x, y, width, height)
+
+
+def choose_square(
+    image: Image.Image,
+    full_size: tuple[int, int],
+    orientation: int,
+    crop: CropBox | None,
+    options: PipelineOptions,
+) -> tuple[CropBox | None, CropSource]:
+    """Without a client crop, the proposed square (``app.imaging.autocrop``, run on the decoded
+    upright ``image``) in upright pixels of the full picture; with one, None: its centre."""
+    if crop is not None:
+        return None, "client"
+    square, source = propose_square(image, options.auto_crop)
+    full_width, full_height = full_size
+    if orientation in (5, 6, 7, 8):
+        full_width, full_height = full_height, full_width
+    factor = min(full_width / image.width, full_height / image.height)
+    side = min(round(square.side * factor), full_width, full_height)
+    x = min(round(square.x * factor), full_width - side)
+    y = min(round(square.y * factor), full_height - side)
+    return CropBox(x, y, side, side), source
 
 
 @dataclass

@@ -52,7 +52,12 @@ class _Keep:
     """Marker: keep the crop the row has."""
 
 
+class _Propose:
+    """Marker: propose a crop from the stored original (faces, content, centre)."""
+
+
 KEEP = _Keep()
+PROPOSE = _Propose()
 
 # A full disk or an exhausted quota: 507, not "the store is down" (503).
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -100,7 +105,9 @@ async def replace_avatar(
         "variants": [vars(variant) for variant in stored],
         "metadata_removed": list(processed.metadata_removed),
         "orientation_applied": processed.orientation,
-        "crop": None,  # the upload's crop made the original; the squares are its centre
+        # The box the squares were cut from, in pixels of the stored original: proposed (the
+        # original is the whole picture) or the centre of the client's crop (which made it).
+        **_crop_fields(processed),
         **_placeholder_fields(processed),
         "updated_at": utcnow(),
     }
@@ -120,11 +127,12 @@ async def recrop_avatar(
     pool: WorkerPool,
     options: PipelineOptions,
     user_id: str,
-    crop: CropBox | None | _Keep = KEEP,
+    crop: CropBox | None | _Keep | _Propose = KEEP,
 ) -> Avatar:
     """Derive the squares (and the still of an animation) again from the stored original, cut
     from ``crop`` (in pixels of the original; None: its centre square; KEEP: the crop the row
-    has). The original itself is kept, so the crop can be changed again and again.
+    has; PROPOSE: the square ``options.auto_crop`` proposes, as at upload). The original itself
+    is kept, so the crop can be changed again and again.
 
     The same order as an upload: new objects, then the row (only if no upload replaced the
     avatar meanwhile), then the old squares.
@@ -142,16 +150,29 @@ async def recrop_avatar(
     except Exception as exc:
         raise StorageUnavailableError("The image store could not read the original.") from exc
 
-    # The stored original is a WebP this service wrote, whatever uploads are allowed now.
-    derive_options = replace(options, formats=options.formats | {"WEBP"})
-    processed = await pool.run(process_image, data, derive_options, crop=box)
+    # The stored original is a WebP this service wrote, whatever uploads are allowed now. Only
+    # PROPOSE asks for a proposal; without a box the squares are otherwise its centre.
+    propose = isinstance(box, _Propose)
+    derive_options = replace(
+        options,
+        formats=options.formats | {"WEBP"},
+        auto_crop=options.auto_crop if propose else "centre",
+    )
+    given = None if isinstance(box, _Propose) else box
+    processed = await pool.run(process_image, data, derive_options, crop=given)
     version = uuid.uuid4().hex
     derived = [variant for variant in processed.variants if variant.name != "original"]
     stored = await _put_variants(storage, version, derived)
+    if propose:
+        crop_fields = _crop_fields(processed)
+    elif isinstance(crop, _Keep):
+        crop_fields = {"crop": list(given) if given else None, "crop_source": current.crop_source}
+    else:  # PATCH: the client's box, or the centre the client asked for
+        crop_fields = {"crop": list(given) if given else None, "crop_source": "client"}
     fields = {
         "version": version,
         "variants": [original, *(vars(variant) for variant in stored)],
-        "crop": list(box) if box is not None else None,
+        **crop_fields,
         **_placeholder_fields(processed),
         "updated_at": utcnow(),
     }
@@ -180,6 +201,24 @@ async def _raise_if_changed(
 
 def _stored_crop(avatar: Avatar) -> CropBox | None:
     return CropBox(*avatar.crop) if avatar.crop else None
+
+
+def _stored_source(avatar: Avatar) -> str | None:
+    """What chose the row's crop; rows made before it was recorded: ``client`` when they have a
+    crop (only PATCH stored one), else None (their squares are the original's centre)."""
+    if avatar.crop_source:
+        return avatar.crop_source
+    return "client" if avatar.crop else None
+
+
+def crop_source(avatar: Avatar) -> str:
+    """What chose the avatar's crop, for any row, old ones included."""
+    return _stored_source(avatar) or "centre"
+
+
+def _crop_fields(processed: ProcessedImage) -> dict[str, Any]:
+    crop = processed.crop
+    return {"crop": list(crop) if crop else None, "crop_source": processed.crop_source}
 
 
 def _placeholder_fields(processed: ProcessedImage) -> dict[str, str | None]:

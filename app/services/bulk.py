@@ -8,7 +8,8 @@ process files locally.
 - ``reprocess_avatars`` runs ``recrop_avatar`` for one user after another, in the database's
   order of user ids, and records its progress in a ``Checkpoint`` after each one, so a run that
   stopped (Ctrl-C, a crash, a lost connection) continues after the last finished user, and the
-  users that failed are tried again first.
+  users that failed are tried again first. With ``auto_crop`` it proposes each avatar's crop
+  from its stored original, as an upload does, and leaves the crops clients chose alone.
 - ``process_files`` runs the pure pipeline on local files and writes what it makes to a folder;
   no database, no storage.
 
@@ -34,7 +35,14 @@ from app.core.security import normalize_user_id
 from app.db.models import Avatar
 from app.imaging.pipeline import CropBox, PipelineOptions, ProcessedImage, process_image
 from app.imaging.pool import WorkerPool
-from app.services.avatars import get_avatar, recrop_avatar, replace_avatar
+from app.services.avatars import (
+    KEEP,
+    PROPOSE,
+    crop_source,
+    get_avatar,
+    recrop_avatar,
+    replace_avatar,
+)
 from app.services.runtime import Runtime
 
 # Codes of rejects only a folder of files can have; the others are the API's problem codes.
@@ -43,6 +51,8 @@ DUPLICATE_NAME = "duplicate_name"
 UNREADABLE_FILE = "unreadable_file"
 WRITE_FAILED = "write_failed"  # `process`: the output folder refused the files
 REJECT_CODES = (INVALID_USER_ID, DUPLICATE_NAME, UNREADABLE_FILE, WRITE_FAILED)
+# `reprocess --auto-crop`: the client chose this avatar's crop; it is left as it is.
+CLIENT_CROP = "client_crop"
 # Anything that is not an AppError (a bug, a driver error the service did not wrap).
 UNEXPECTED = "unexpected_error"
 
@@ -289,9 +299,10 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
-def run_fingerprint(runtime: Runtime) -> str:
-    """What a checkpoint is valid for: the database, the store, and the options that shape
-    the squares. Passwords never reach the file: only a hash is kept."""
+def run_fingerprint(runtime: Runtime, *, auto_crop: bool = False) -> str:
+    """What a checkpoint is valid for: the database, the store, the options that shape the
+    squares, and whether crops are proposed. Passwords never reach the file: only a hash is
+    kept."""
     settings = runtime.settings
     options = asdict(runtime.options)
     for limit in ("max_pixels", "max_dimension", "max_frames", "formats"):
@@ -305,6 +316,7 @@ def run_fingerprint(runtime: Runtime) -> str:
             else str(settings.media_path.resolve())
         ),
         "options": options,
+        **({"auto_crop": True} if auto_crop else {}),
     }
     return hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -317,6 +329,10 @@ class ReprocessReport:
     # settings already): nothing to do.
     skipped: list[Outcome] = field(default_factory=list)
     failed: list[Outcome] = field(default_factory=list)
+
+
+class _ClientCrop(Exception):
+    """The avatar's crop is the client's: ``reprocess --auto-crop`` leaves it alone."""
 
 
 async def count_users_after(sessions: async_sessionmaker[AsyncSession], after: str | None) -> int:
@@ -349,11 +365,14 @@ async def reprocess_avatars(
     runtime: Runtime,
     checkpoint: Checkpoint,
     *,
+    auto_crop: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[Outcome], None] | None = None,
 ) -> ReprocessReport:
     """Derive every avatar's squares (and animation still) again from its stored original with
-    the current options, one user at a time, continuing from ``checkpoint``."""
+    the current options, one user at a time, continuing from ``checkpoint``. With
+    ``auto_crop``, each crop not chosen by a client is proposed again (``AVATAR_AUTO_CROP``);
+    the others are skipped (``client_crop``)."""
     report = ReprocessReport(resumed_after=checkpoint.after)
     retry = list(checkpoint.failed)
     total = len(retry) + await count_users_after(runtime.sessions, checkpoint.after)
@@ -364,13 +383,21 @@ async def reprocess_avatars(
         """Reprocess one user; False when it failed."""
         failed = False
         try:
+            if auto_crop:
+                current = await get_avatar(sessions=runtime.sessions, user_id=user_id)
+                if crop_source(current) == "client":
+                    raise _ClientCrop()
             await recrop_avatar(
                 sessions=runtime.sessions,
                 storage=runtime.storage,
                 pool=runtime.pool,
                 options=runtime.options,
                 user_id=user_id,
+                crop=PROPOSE if auto_crop else KEEP,
             )
+        except _ClientCrop:
+            outcome = Outcome(user_id, CLIENT_CROP, "the client chose this crop; left as it is")
+            report.skipped.append(outcome)
         except (AvatarNotFound, AvatarChanged) as exc:
             outcome = Outcome(user_id, exc.code, exc.detail)
             report.skipped.append(outcome)

@@ -32,6 +32,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         original_max_side=settings.original_max_side,
         max_frames=settings.max_frames,
         formats=frozenset(settings.allowed_formats),
+        auto_crop=settings.auto_crop,
     )
 
 

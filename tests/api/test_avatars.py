@@ -263,3 +263,46 @@ async def test_a_trickled_body_is_cut_off_with_408(tmp_path, sqlite_url) -> None
 
         response = await client.post("/users/me/avatar", content=stall(), headers=headers)
         assert_problem(response, 408, "request_timeout")
+
+
+@pytest.mark.parametrize(
+    ("crop", "crop_source", "expected_crop", "expected_source"),
+    [
+        (None, None, [100, 0, 400, 400], "centre"),  # uploaded before crops were proposed
+        ([10, 20, 300, 300], None, [10, 20, 300, 300], "client"),  # a PATCH of that time
+        ([150, 0, 400, 400], "face", [150, 0, 400, 400], "face"),
+    ],
+)
+def test_rows_from_before_the_automatic_crop_read_sensibly(
+    crop, crop_source, expected_crop, expected_source
+) -> None:
+    from datetime import UTC, datetime
+
+    from app.api.schemas import AvatarPublic
+    from app.db.models import Avatar
+    from app.storage.memory import MemoryStorage
+
+    variant = {"key": "avatars/v/original.webp", "bytes": 9, "content_type": "image/webp"}
+    avatar = Avatar(
+        user_id="old",
+        version="v",
+        width=600,
+        height=400,
+        source_format="JPEG",
+        variants=[
+            {**variant, "name": "original", "width": 600, "height": 400},
+            {
+                **variant,
+                "name": "thumb",
+                "key": "avatars/v/thumb.webp",
+                "width": 400,
+                "height": 400,
+            },
+        ],
+        crop=crop,
+        crop_source=crop_source,
+        updated_at=datetime.now(UTC),
+    )
+    document = AvatarPublic.build(avatar, storage=MemoryStorage(), base_url="http://x")
+    assert document.crop == expected_crop
+    assert document.crop_source == expected_source

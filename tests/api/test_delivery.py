@@ -231,6 +231,7 @@ async def test_patch_crop_rederives_sizes_from_the_stored_original(client, auth,
     assert response.status_code == 200, response.text
     patched = response.json()
     assert patched["crop"] == [400, 0, 200, 200]
+    assert patched["crop_source"] == "client"
     assert patched["version"] != created["version"]
     assert patched["avatar_url"] == created["avatar_url"]  # the original is kept
     thumb = decoded((await client.get(patched["avatar_thumb_url"])).content).convert("RGB")
@@ -240,7 +241,8 @@ async def test_patch_crop_rederives_sizes_from_the_stored_original(client, auth,
     assert len(stored_files(settings)) == len(patched["variants"])
 
     back = (await client.patch("/users/me/avatar", headers=auth(), json={"crop": None})).json()
-    assert back["crop"] is None
+    assert back["crop"] == [150, 0, 300, 300]  # the centre square of the 600x300 original
+    assert back["crop_source"] == "client"
     thumb = decoded((await client.get(back["avatar_thumb_url"])).content).convert("RGB")
     assert thumb.getpixel((100, 100))[2] > 200  # the centre again: the crop can be undone
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, missing
-from tests.images import jpeg_with_metadata
+from tests.images import face_photo, jpeg_with_metadata
 from tests.live import LiveServer, live_server
 
 CHROMIUM_FLAGS = [
@@ -161,3 +161,40 @@ def test_crop_by_keyboard_on_a_phone_screen(browser, server: LiveServer, tmp_pat
     assert width <= 360, f"the page scrolls sideways on a phone: {width}px"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "try-page-phone.png"), full_page=True)
+
+
+def test_the_proposed_square_is_shown_around_the_face_and_can_be_moved(
+    browser, server: LiveServer, tmp_path
+) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    sign_in(page, server, "face-user")
+    photo = tmp_path / "me.jpg"
+    data, (face_x, _y, face_w, _h) = face_photo((1200, 600), face_left=900, face_width=200)
+    photo.write_bytes(data)
+    page.get_by_label("Choose a photo").set_input_files(str(photo))
+    page.locator("#crop-area").wait_for(state="visible")
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#result").wait_for(state="visible")
+
+    source = page.locator("#square-source")
+    assert source.get_attribute("data-source") == "face"
+    assert "around the face" in source.inner_text()
+    document = json.loads(page.locator("#json-document").inner_text())
+    x, _y, side, _ = document["crop"]
+    assert x <= face_x and face_x + face_w <= x + side  # the face is inside the square
+    # The box is drawn where the square is: right of the middle of the photo.
+    stage = page.locator("#square-image").bounding_box()
+    box = page.locator("#square-box").bounding_box()
+    assert stage and box and box["x"] > stage["x"] + stage["width"] / 2
+
+    across = page.get_by_label("Square across")
+    across.focus()
+    page.keyboard.press("Home")  # all the way left
+    page.get_by_role("button", name="Save this square").click()
+    page.get_by_text("Saved: every size was cut again").wait_for()
+    document = json.loads(page.locator("#json-document").inner_text())
+    assert document["crop_source"] == "client"
+    assert document["crop"][0] == 0 and document["crop"][2] == side
+    assert page.locator("#square-source").get_attribute("data-source") == "client"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "try-page-square.png"), full_page=True)

@@ -2,7 +2,15 @@
 // The try-it page: plain script, no build, no outside requests.
 
 const $ = (id) => document.getElementById(id);
-const state = { token: "", file: null, natural: null, crop: null };
+const state = { token: "", file: null, natural: null, crop: null, stored: null, square: null };
+
+// Where the stored square came from, in words.
+const SOURCES = {
+  face: "The service put the square around the face it found.",
+  content: "No face was found: the service chose the most detailed, colourful part.",
+  centre: "The square is the centre of the picture.",
+  client: "This is the square you chose.",
+};
 
 // Problem codes in words a person understands.
 const MESSAGES = {
@@ -231,11 +239,76 @@ function render(doc, crop) {
     figure.append(img, caption);
     list.append(figure);
   }
+  showSquare(doc, original);
   const origin = window.location.origin;
   const query = crop ? `?crop=${crop}` : "";
   $("curl-command").textContent =
     `curl -H "Authorization: Bearer ${state.token}" \\\n  -F file=@${state.file.name || "photo.jpg"} \\\n  "${origin}/users/me/avatar${query}"`;
   $("json-document").textContent = JSON.stringify(doc, null, 2);
+}
+
+// The square the squares were cut from, over the stored original: move it and save it (PATCH).
+function showSquare(doc, original) {
+  if (!original || !doc.crop) return;
+  state.stored = { width: original.width, height: original.height };
+  const [x, y, width, height] = doc.crop;
+  state.square = { x, y, size: Math.min(width, height) };
+  $("square-source").textContent = SOURCES[doc.crop_source] || "";
+  $("square-source").dataset.source = doc.crop_source || "";
+  $("square-image").src = doc.avatar_url;
+  const zoom = $("square-zoom");
+  zoom.min = String(Math.min(16, original.width, original.height));
+  zoom.max = String(Math.min(original.width, original.height));
+  $("square-save").disabled = true;
+  drawSquare();
+}
+
+function drawSquare() {
+  const s = state.square;
+  const { width, height } = state.stored;
+  s.size = Math.max(1, Math.min(s.size, width, height));
+  s.x = Math.max(0, Math.min(s.x, width - s.size));
+  s.y = Math.max(0, Math.min(s.y, height - s.size));
+  $("square-across").max = String(width - s.size);
+  $("square-down").max = String(height - s.size);
+  $("square-zoom").value = String(s.size);
+  $("square-across").value = String(s.x);
+  $("square-down").value = String(s.y);
+  $("square-zoom-out").textContent = `${s.size} px`;
+  $("square-across-out").textContent = `${s.x} px`;
+  $("square-down-out").textContent = `${s.y} px`;
+  const box = $("square-box");
+  box.style.left = `${(100 * s.x) / width}%`;
+  box.style.top = `${(100 * s.y) / height}%`;
+  box.style.width = `${(100 * s.size) / width}%`;
+  box.style.height = `${(100 * s.size) / height}%`;
+}
+
+function moveSquare(key, value) {
+  state.square[key] = value;
+  $("square-save").disabled = false;
+  drawSquare();
+}
+
+async function saveSquare() {
+  const s = state.square;
+  $("square-save").disabled = true;
+  $("square-status").textContent = "Saving…";
+  const response = await fetch("/users/me/avatar", {
+    method: "PATCH",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${state.token}` },
+    body: JSON.stringify({ crop: [s.x, s.y, s.size, s.size] }),
+  });
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (!response.ok) {
+    $("square-status").textContent = "";
+    showError(explain(body, response.status));
+    $("square-save").disabled = false;
+    return;
+  }
+  $("square-status").textContent = "Saved: every size was cut again from this square.";
+  render(body, cropParam());
 }
 
 // BlurHash decoding (the algorithm published with BlurHash), drawn into a small canvas.
@@ -309,6 +382,10 @@ function wire() {
   $("crop-x").addEventListener("input", (e) => { state.crop.x = Number(e.target.value); drawCrop(); });
   $("crop-y").addEventListener("input", (e) => { state.crop.y = Number(e.target.value); drawCrop(); });
   $("upload-button").addEventListener("click", upload);
+  $("square-zoom").addEventListener("input", (e) => moveSquare("size", Number(e.target.value)));
+  $("square-across").addEventListener("input", (e) => moveSquare("x", Number(e.target.value)));
+  $("square-down").addEventListener("input", (e) => moveSquare("y", Number(e.target.value)));
+  $("square-save").addEventListener("click", saveSquare);
   showLimits();
 }
 
