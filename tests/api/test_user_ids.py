@@ -3,6 +3,7 @@ query, on SQLite and on PostgreSQL (where a NUL in a text parameter is a driver 
 
 from __future__ import annotations
 
+from datetime import datetime
 from urllib.parse import quote
 
 import pytest
@@ -97,3 +98,52 @@ async def test_a_valid_unusual_id_round_trips(client, auth) -> None:
     document = await client.get(f"/users/{quote(user_id, safe='')}/avatar")
     assert document.status_code == 200
     assert document.json()["user_id"] == user_id
+
+
+async def test_rows_stored_before_the_nfc_rule_take_the_nfc_spelling(database_url: str) -> None:
+    """Migration 0007: a row under an NFD spelling is renamed to NFC; where both spellings have
+    a row, the one changed last is kept; other ids are left alone."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from app.db.migrate import downgrade, upgrade
+    from app.db.session import create_engine
+
+    zoe_nfc, zoe_nfd = "Zo\u00eb", "Zoe\u0308"
+    asa_nfc, asa_nfd = "\u00c5sa", "A\u030asa"
+    rows = [  # (user_id, version, updated_at)
+        (NFD, "v-jose", "2026-01-01 00:00:00+00:00"),
+        (zoe_nfc, "v-zoe-old", "2026-01-01 00:00:00+00:00"),
+        (zoe_nfd, "v-zoe-new", "2026-02-01 00:00:00+00:00"),
+        (asa_nfc, "v-asa-new", "2026-02-01 00:00:00+00:00"),
+        (asa_nfd, "v-asa-old", "2026-01-01 00:00:00+00:00"),
+        ("plain", "v-plain", "2026-01-01 00:00:00+00:00"),
+    ]
+    await asyncio.to_thread(downgrade, database_url, "0006")
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM avatars"))
+            for user_id, version, updated_at in rows:
+                await connection.execute(
+                    text(
+                        "INSERT INTO avatars (user_id, version, width, height, source_format, "
+                        "variants, created_at, updated_at) VALUES (:u, :v, 1, 1, 'JPEG', '[]', "
+                        ":t, :t)"
+                    ),
+                    {"u": user_id, "v": version, "t": datetime.fromisoformat(updated_at)},
+                )
+        await asyncio.to_thread(upgrade, database_url)
+        async with engine.connect() as connection:
+            found = dict(
+                (await connection.execute(text("SELECT user_id, version FROM avatars"))).all()
+            )
+    finally:
+        await engine.dispose()
+    assert found == {
+        NFC: "v-jose",
+        zoe_nfc: "v-zoe-new",
+        asa_nfc: "v-asa-new",
+        "plain": "v-plain",
+    }
