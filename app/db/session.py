@@ -14,6 +14,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+# Execution options of a session that only reads: ``await session.connection(**READ_ONLY)``
+# before its first query. On SQLite it then never queues behind a write.
+READ_ONLY_OPTION = "avatar_read_only"
+READ_ONLY: dict[str, Any] = {"execution_options": {READ_ONLY_OPTION: True}}
+
 
 def create_engine(database_url: str, *, timeout: float = 10.0) -> AsyncEngine:
     """``timeout``: seconds to connect, and for each statement, on a database server: one that
@@ -49,7 +54,12 @@ def create_engine(database_url: str, *, timeout: float = 10.0) -> AsyncEngine:
     def _on_begin(connection: Any) -> None:
         # SQLite has no SELECT ... FOR UPDATE: take the write lock when the transaction starts,
         # so two replacements of one avatar run one after the other instead of deadlocking.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read (``READ_ONLY``) begins deferred: under WAL it reads a snapshot and never
+        # waits for the write lock.
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -34,6 +34,7 @@ from app.core.errors import (
     StorageUnavailableError,
 )
 from app.db.models import Avatar, utcnow
+from app.db.session import READ_ONLY
 from app.imaging.pipeline import (
     CropBox,
     PipelineOptions,
@@ -315,6 +316,7 @@ async def _swap_row(
 
 async def get_avatar(*, sessions: async_sessionmaker[AsyncSession], user_id: str) -> Avatar:
     async with sessions() as session:
+        await session.connection(**READ_ONLY)  # never waits for a writer's lock (SQLite)
         avatar = await session.get(Avatar, user_id)
     if avatar is None:
         raise AvatarNotFound("This user has no avatar.")

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from app.api.deps import SelfTestDep, SessionsDep, StorageDep
 from app.api.schemas import HealthStatus
 from app.core.errors import AppError
+from app.db.session import READ_ONLY
 
 router = APIRouter(tags=["health"])
 
@@ -54,6 +55,7 @@ async def readyz(
             checks["imaging"] = "ok" if not failed else f"failed ({', '.join(failed)})"
     try:
         async with sessions() as session:
+            await session.connection(**READ_ONLY)  # a busy writer is no reason to look down
             await session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
