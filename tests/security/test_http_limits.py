@@ -40,7 +40,7 @@ def connect(server: LiveServer) -> socket.socket:
     return socket.create_connection((url.hostname, url.port), timeout=30)
 
 
-def assert_problem(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
+def assert_raw_problem(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
     got, headers, body = response
     assert got == status, body
     assert headers["content-type"] == "application/problem+json"
@@ -68,7 +68,7 @@ def test_an_endless_header_line_is_cut_off_at_the_limit_with_431(server) -> None
         except OSError:  # the server answered and closed: our writes fail
             pass
         assert sent < 4 * 1024 * 1024, f"{sent} bytes of one header were accepted"
-        assert_problem(read_response(sock), 431, "headers_too_large")
+        assert_raw_problem(read_response(sock), 431, "headers_too_large")
 
 
 @pytest.mark.parametrize(("extra", "status"), [(-300, 200), (1, 431), (40_000, 431)])
@@ -80,7 +80,7 @@ def test_a_whole_head_in_one_write_is_held_to_the_limit(server, extra: int, stat
         response = read_response(sock)
     assert response[0] == status, response
     if status == 431:
-        assert_problem(response, 431, "headers_too_large")
+        assert_raw_problem(response, 431, "headers_too_large")
 
 
 def test_a_huge_bearer_token_never_reaches_the_application(server) -> None:
@@ -106,7 +106,7 @@ def test_headers_trickled_a_line_at_a_time_are_cut_off_with_408(server) -> None:
                 break
         response = read_response(sock)
         elapsed = time.monotonic() - started
-    assert_problem(response, 408, "request_timeout")
+    assert_raw_problem(response, 408, "request_timeout")
     assert HEADER_TIMEOUT - 0.2 < elapsed < HEADER_TIMEOUT + 1.5, elapsed
 
 
@@ -123,7 +123,7 @@ def test_the_head_deadline_also_holds_on_a_kept_alive_connection(server) -> None
             except OSError:
                 break
         response = read_response(sock)
-        assert_problem(response, 408, "request_timeout")
+        assert_raw_problem(response, 408, "request_timeout")
         assert time.monotonic() - started < HEADER_TIMEOUT + 1.5
 
 
@@ -146,7 +146,7 @@ def test_a_connection_that_sends_nothing_is_closed(server) -> None:
 def test_malformed_requests_get_problem_json(server, request_bytes: bytes) -> None:
     with connect(server) as sock:
         sock.sendall(request_bytes)
-        assert_problem(read_response(sock), 400, "invalid_http_request")
+        assert_raw_problem(read_response(sock), 400, "invalid_http_request")
 
 
 def test_requests_within_the_limits_are_served(server) -> None:
@@ -201,4 +201,4 @@ def test_the_limits_hold_in_every_server_process(tmp_path) -> None:
             assert response.json()["code"] == "headers_too_large"
         with connect(multi) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-            assert_problem(read_response(sock), 408, "request_timeout")
+            assert_raw_problem(read_response(sock), 408, "request_timeout")

@@ -50,7 +50,9 @@ def token(user_id: str) -> str:
     return create_token(settings, user_id)
 
 
-async def upload(http: httpx.AsyncClient, base_url: str, user_id: str, shade: int = 0) -> dict:
+async def upload_to_server(
+    http: httpx.AsyncClient, base_url: str, user_id: str, shade: int = 0
+) -> dict:
     response = await http.post(
         f"{base_url}/users/me/avatar",
         headers={"Authorization": f"Bearer {token(user_id)}"},
@@ -77,7 +79,7 @@ async def test_event_of_a_killed_server_is_delivered_after_restart(
             env["AVATAR_EVENTS_DISPATCHER"] = "false"
         with live_server(tmp_path, **env) as server:
             async with httpx.AsyncClient(timeout=30) as http:
-                document = await upload(http, server.base_url, "alice")
+                document = await upload_to_server(http, server.base_url, "alice")
             if moment == "request-in-flight":
                 await wait_until(lambda: len(receiver.snapshot()) == 1, what="request held")
             server.process.send_signal(signal.SIGKILL)
@@ -130,7 +132,7 @@ async def test_two_servers_on_postgres_deliver_every_event_once_in_order(
 
             async def changes(n: int, user: str) -> None:
                 for round_ in range(rounds):
-                    await upload(http, servers[(n + round_) % 2], user, shade=round_ * 40)
+                    await upload_to_server(http, servers[(n + round_) % 2], user, shade=round_ * 40)
 
             await asyncio.gather(*(changes(n, user) for n, user in enumerate(users)))
             total = len(users) * rounds
