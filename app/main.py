@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
                 else None
             )
             # Work anonymous clients can cause runs beside the upload pool, never in it.
-            anonymous_pool = side_pool()
+            anonymous_pool = side_pool(settings)
             app.state.default_images = DefaultImages(anonymous_pool, default_limiter)
             app.state.selftest = SelfTest(
                 anonymous_pool, runtime.options, interval=settings.selftest_interval

@@ -3,8 +3,8 @@ from the upload pool.
 
 Both are reachable without a token, so neither may take a place uploads need:
 
-- they run on a small pool of their own (``SIDE_WORKERS`` thread, ``SIDE_QUEUE`` waiting; past
-  that 503), never on the upload pool;
+- they run on a small pool of their own (``SIDE_WORKERS`` worker process, ``SIDE_QUEUE``
+  waiting; past that 503), never on the upload pool, with the same pixel limit and job deadline;
 - a generated image is rendered once and kept (an LRU of ``CACHE_ENTRIES`` images; ``mp`` is
   the same picture for every user, so it is kept per size only); only renders, not cache hits,
   count against the per-client rate limit;
@@ -19,10 +19,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from app.core.config import Settings
 from app.core.ratelimit import UploadRateLimiter
 from app.imaging.generated import default_avatar
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
+from app.services.runtime import worker_pool
 from app.services.selftest import run_selftest
 
 SIDE_WORKERS = 1
@@ -30,9 +32,9 @@ SIDE_QUEUE = 4
 CACHE_ENTRIES = 2048
 
 
-def side_pool() -> WorkerPool:
+def side_pool(settings: Settings) -> WorkerPool:
     """The pool for work anonymous requests can cause (defaults, the self-test)."""
-    return WorkerPool(SIDE_WORKERS, SIDE_QUEUE)
+    return worker_pool(settings, workers=SIDE_WORKERS, queue_size=SIDE_QUEUE)
 
 
 class DefaultImages:

@@ -37,14 +37,18 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
 
 
 def worker_pool(
-    settings: Settings, *, queue_size: int | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    queue_size: int | None = None,
+    metrics: Metrics | None = None,
 ) -> WorkerPool:
-    """The image worker pool. Pillow's pixel limit, a process-wide global, is set from the
-    settings here and in every worker process; with ``metrics``, each job's run time is
-    observed."""
+    """An image worker pool (the settings' size unless given). Pillow's pixel limit, a
+    process-wide global, is set from the settings here and in every worker process, and every
+    job has the settings' deadline; with ``metrics``, each job's run time is observed."""
     configure_pillow(settings.max_pixels)
     return WorkerPool(
-        settings.workers,
+        settings.workers if workers is None else workers,
         settings.queue_size if queue_size is None else queue_size,
         job_timeout=settings.image_job_timeout,
         initializer=configure_pillow,
