@@ -178,7 +178,7 @@ def gc(
     from app.services.gc import reconcile
     from app.services.idempotency import expired_keys
     from app.services.runtime import open_runtime
-    from app.storage import StorageUnavailable
+    from app.storage import StoreError
 
     settings = _settings()
 
@@ -197,7 +197,7 @@ def gc(
     except ConfigurationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except StorageUnavailable as exc:
+    except StoreError as exc:
         typer.echo(f"error: the storage cannot be used: {exc}", err=True)
         raise typer.Exit(1) from None
     except (SQLAlchemyError, OSError) as exc:
@@ -274,7 +274,7 @@ def _run_bulk(work: Callable[[], Coroutine[Any, Any, T]], *, interrupted: Callab
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from app.storage import StorageUnavailable
+    from app.storage import StoreError
 
     try:
         return asyncio.run(work())
@@ -283,7 +283,7 @@ def _run_bulk(work: Callable[[], Coroutine[Any, Any, T]], *, interrupted: Callab
         raise typer.Exit(INTERRUPTED) from None
     except ConfigurationError as exc:
         raise _fail(str(exc), 2) from None
-    except StorageUnavailable as exc:
+    except StoreError as exc:
         raise _fail(f"the storage cannot be used: {exc}", 1) from None
     except (SQLAlchemyError, OSError) as exc:
         raise _fail(f"the database cannot be used: {_database_error(exc)}", 1) from None

@@ -19,9 +19,6 @@ from app.api.schemas import Problem
 from app.api.upload import ENVELOPE_BYTES, base64_limit
 from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
-from app.core.ratelimit import UploadRateLimiter
-from app.core.security import TokenVerifier
-from app.services.defaults import DefaultImages, SelfTest, side_pool
 from app.services.outbox import dispatching
 from app.services.runtime import (  # noqa: F401 (callers import these from here)
     check_storage,
@@ -29,6 +26,7 @@ from app.services.runtime import (  # noqa: F401 (callers import these from here
     open_runtime,
     pipeline_options,
 )
+from app.services.serving import open_service_runtime
 from app.storage import Storage
 
 
@@ -40,46 +38,13 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # An injected storage belongs to the caller, who closes it; a built one is closed by
-        # open_runtime, which also checks the storage before anything is served.
-        async with open_runtime(settings, storage=storage, metrics=app_metrics) as runtime:
-            app.state.settings = settings
-            app.state.engine = runtime.engine
-            app.state.sessions = runtime.sessions
-            app.state.storage = runtime.storage
-            app.state.pool = runtime.pool
-            app.state.pipeline_options = runtime.options
-            app.state.token_verifier = TokenVerifier(settings)
-            app.state.rate_limiter = (
-                UploadRateLimiter(settings.rate_limit, settings.redis_url)
-                if settings.rate_limit
-                else None
-            )
-            default_limiter = (
-                UploadRateLimiter(
-                    settings.default_rate_limit,
-                    settings.redis_url,
-                    namespace="avatar-default",
-                    noun="generated images",
-                )
-                if settings.default_rate_limit
-                else None
-            )
-            # Work anonymous clients can cause runs beside the upload pool, never in it.
-            anonymous_pool = side_pool(settings)
-            app.state.default_images = DefaultImages(anonymous_pool, default_limiter)
-            app.state.selftest = SelfTest(
-                anonymous_pool, runtime.options, interval=settings.selftest_interval
-            )
-            try:
-                # Events leave the outbox from here (unless dedicated workers send them).
-                async with dispatching(settings, runtime.sessions, app_metrics):
-                    yield
-            finally:
-                anonymous_pool.shutdown()
-                for limiter in (app.state.rate_limiter, default_limiter):
-                    if limiter is not None:
-                        await limiter.close()
+        # An injected storage belongs to the caller, who closes it; a built one is closed here,
+        # and checked before anything is served.
+        async with open_service_runtime(settings, metrics=app_metrics, storage=storage) as runtime:
+            app.state.runtime = runtime  # what the routes get (app.api.deps.get_runtime)
+            # Events leave the outbox from here (unless dedicated workers send them).
+            async with dispatching(settings, runtime.sessions, app_metrics):
+                yield
 
     app = FastAPI(
         title="Avatar service",
@@ -87,7 +52,6 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
         summary="Uploads validated, sanitised, sized and stored in one call.",
         lifespan=lifespan,
     )
-    app.state.metrics = app_metrics
     app.add_middleware(HeadAsGetMiddleware)  # innermost: the log line still says HEAD
     app.add_middleware(
         UnreadBodyMiddleware,

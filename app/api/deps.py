@@ -1,5 +1,5 @@
-"""Dependencies as ``Annotated`` aliases. Long-lived objects live on ``app.state`` (built once
-in the lifespan); nothing here reads a request body."""
+"""Dependencies as ``Annotated`` aliases. The long-lived objects are one ``ServiceRuntime``,
+built once in the lifespan; nothing here reads a request body."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import AvatarNotFound, NotAuthenticated
-from app.core.ratelimit import UploadRateLimiter
-from app.core.security import TokenVerifier, normalize_user_id
+from app.core.security import normalize_user_id
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
 from app.services.defaults import DefaultImages, SelfTest
+from app.services.serving import ServiceRuntime
 from app.storage.base import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the user id.")
@@ -26,32 +26,41 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the use
 MAX_AUTHORIZATION_BYTES = 8192
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def get_runtime(request: Request) -> ServiceRuntime:
+    """The long-lived objects, built once in the lifespan (``app.services.serving``)."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
 
 
-def get_sessions(request: Request) -> async_sessionmaker[AsyncSession]:
-    return request.app.state.sessions
+RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
-def get_storage(request: Request) -> Storage:
-    return request.app.state.storage
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
 
 
-def get_pool(request: Request) -> WorkerPool:
-    return request.app.state.pool
+def get_sessions(runtime: RuntimeDep) -> async_sessionmaker[AsyncSession]:
+    return runtime.sessions
 
 
-def get_pipeline_options(request: Request) -> PipelineOptions:
-    return request.app.state.pipeline_options
+def get_storage(runtime: RuntimeDep) -> Storage:
+    return runtime.storage
 
 
-def get_default_images(request: Request) -> DefaultImages:
-    return request.app.state.default_images
+def get_pool(runtime: RuntimeDep) -> WorkerPool:
+    return runtime.pool
 
 
-def get_selftest(request: Request) -> SelfTest:
-    return request.app.state.selftest
+def get_pipeline_options(runtime: RuntimeDep) -> PipelineOptions:
+    return runtime.options
+
+
+def get_default_images(runtime: RuntimeDep) -> DefaultImages:
+    return runtime.default_images
+
+
+def get_selftest(runtime: RuntimeDep) -> SelfTest:
+    return runtime.selftest
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -71,7 +80,7 @@ async def get_current_user(
         raise NotAuthenticated("A bearer token is required.")
     if len(request.headers["authorization"]) > MAX_AUTHORIZATION_BYTES:
         raise NotAuthenticated(f"The Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes.")
-    verifier: TokenVerifier = request.app.state.token_verifier
+    verifier = get_runtime(request).verifier
     if verifier.needs_network:  # a JWKS fetch must not block the event loop
         user_id = await anyio.to_thread.run_sync(verifier.verify, credentials.credentials)
     else:
@@ -97,7 +106,7 @@ PathUserId = Annotated[str, Depends(get_path_user_id)]
 
 async def get_uploading_user(request: Request, user_id: CurrentUser) -> str:
     """The authenticated user, counted against the upload rate limit (before the body is read)."""
-    limiter: UploadRateLimiter | None = request.app.state.rate_limiter
+    limiter = get_runtime(request).upload_limiter
     if limiter is not None:
         await limiter.hit(user_id)
     return user_id

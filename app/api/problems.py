@@ -19,9 +19,9 @@ from app.core.errors import (
     InvalidRequest,
     MethodNotAllowed,
     ResourceNotFound,
-    StorageUnavailableError,
+    StorageUnavailable,
 )
-from app.storage.base import StorageUnavailable
+from app.storage.base import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_storage_error(request: Request, exc: Exception) -> ProblemResponse:
         logger.error("storage error: %s", exc)
-        error = StorageUnavailableError("The image store is not available; retry later.")
+        error = StorageUnavailable("The image store is not available; retry later.")
         return render(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> ProblemResponse:
@@ -95,7 +95,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(SQLAlchemyError, on_database_error)
     app.add_exception_handler(TimeoutError, on_timeout)
-    app.add_exception_handler(StorageUnavailable, on_storage_error)
+    app.add_exception_handler(StoreError, on_storage_error)
     app.add_exception_handler(Exception, on_unexpected)
     _document_validation_problems(app)
 

@@ -1,15 +1,11 @@
-"""HTTP shapes. URLs are built here, per response, from stored keys."""
+"""HTTP shapes: the models of the JSON the API speaks (filled in by ``app.api.presenter``)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-
-from app.db.models import Avatar
-from app.services.avatars import crop_source
-from app.storage.base import Storage
 
 
 class Problem(BaseModel):
@@ -96,60 +92,6 @@ class AvatarPublic(BaseModel):
         examples=["inline_too_large: The 'original' image is 81234 bytes; at most 65536 ..."],
     )
     updated_at: datetime
-
-    @classmethod
-    def build(cls, avatar: Avatar, *, storage: Storage, base_url: str) -> AvatarPublic:
-        variants = [
-            VariantPublic(
-                name=variant["name"],
-                url=storage.url(variant["key"], base_url=base_url),
-                width=variant["width"],
-                height=variant["height"],
-                bytes=variant["bytes"],
-                content_type=variant["content_type"],
-                frames=variant.get("frames", 1),
-            )
-            for variant in avatar.variants
-        ]
-        by_name = {variant.name: variant for variant in variants}
-        original = by_name["original"]
-        updated_at = avatar.updated_at
-        if updated_at.tzinfo is None:  # SQLite hands back naive UTC
-            updated_at = updated_at.replace(tzinfo=UTC)
-        squares = sorted(
-            {v.width: v for v in variants if v.name.startswith("thumb")}.values(),
-            key=lambda v: v.width,
-        )
-        placeholder = (
-            PlaceholderPublic(blurhash=avatar.blurhash, dominant_color=avatar.dominant_color)
-            if avatar.blurhash and avatar.dominant_color
-            else None
-        )
-        return cls(
-            user_id=avatar.user_id,
-            avatar_url=original.url,
-            avatar_thumb_url=by_name["thumb"].url,
-            avatar_still_url=by_name.get("still", by_name["thumb"]).url,
-            animated=original.frames > 1,
-            width=original.width,
-            height=original.height,
-            content_type=original.content_type,
-            bytes=original.bytes,
-            version=avatar.version,
-            variants=variants,
-            metadata_removed=list(avatar.metadata_removed or []),
-            orientation_applied=avatar.orientation_applied or 1,
-            srcset=", ".join(f"{v.url} {v.width}w" for v in squares),
-            placeholder=placeholder,
-            crop=list(avatar.crop) if avatar.crop else _centre_square(original),
-            crop_source=crop_source(avatar),
-            updated_at=updated_at,
-        )
-
-
-def _centre_square(original: VariantPublic) -> list[int]:
-    side = min(original.width, original.height)
-    return [(original.width - side) // 2, (original.height - side) // 2, side, side]
 
 
 class HealthStatus(BaseModel):

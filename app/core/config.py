@@ -28,6 +28,18 @@ ImageFormat = Literal["JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF"]
 
 SUPPORTED_ALGORITHMS = {"HS256", "RS256", "ES256"}
 
+# The image pipeline's defaults, once: the settings below and ``PipelineOptions``
+# (app/imaging/pipeline.py) both start from these.
+DEFAULT_MAX_PIXELS = 50_000_000  # per still image, and across all frames of an animation
+DEFAULT_MAX_DIMENSION = 4096
+DEFAULT_MAX_FRAMES = 200
+DEFAULT_THUMBNAIL_SIZE = 400  # the main square, "thumb"
+DEFAULT_THUMBNAIL_SIZES = (400, 256, 128, 64)  # every square; the others are "thumb-<side>"
+DEFAULT_ORIGINAL_MAX_SIDE = 2048  # 0 keeps the full resolution
+DEFAULT_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP")
+AutoCropMode = Literal["face", "content", "centre"]
+DEFAULT_AUTO_CROP: AutoCropMode = "face"
+
 # Secrets shorter than this are refused in production: HS256 wants at least 256 bits.
 MIN_SECRET_BYTES = 32
 
@@ -228,21 +240,21 @@ class Settings(BaseSettings):
     # connection opening or the previous response) and this many bytes (then 408 / 431).
     header_timeout: float = Field(default=10.0, gt=0)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
-    max_dimension: int = Field(default=4096, gt=0)
-    max_pixels: int = Field(default=50_000_000, gt=0)
-    thumbnail_size: int = Field(default=400, gt=0)
+    max_dimension: int = Field(default=DEFAULT_MAX_DIMENSION, gt=0)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
+    thumbnail_size: int = Field(default=DEFAULT_THUMBNAIL_SIZE, gt=0)
     # Image pipeline (app/imaging): more square sizes, the original's cap, animations, inputs.
     thumbnail_sizes: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [400, 256, 128, 64]
+        default_factory=lambda: list(DEFAULT_THUMBNAIL_SIZES)
     )
-    original_max_side: int = Field(default=2048, ge=0)
-    max_frames: int = Field(default=200, gt=0)
+    original_max_side: int = Field(default=DEFAULT_ORIGINAL_MAX_SIDE, ge=0)
+    max_frames: int = Field(default=DEFAULT_MAX_FRAMES, gt=0)
     allowed_formats: Annotated[list[ImageFormat], NoDecode] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "GIF", "WEBP"]
+        default_factory=lambda: list(DEFAULT_FORMATS)
     )
     # Uploads without a client crop: where the squares are cut. `face`: around the faces found,
     # else `content` (smartcrop's edges, saturation, skin), else the `centre`.
-    auto_crop: Literal["face", "content", "centre"] = "face"
+    auto_crop: AutoCropMode = DEFAULT_AUTO_CROP
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0)
     queue_size: int = Field(default=16, ge=0)
     # Seconds of work an image job may take (queueing excluded); then its worker process is

@@ -36,7 +36,7 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     ├── InsufficientStorage         507 insufficient_storage (the disk is full; with Retry-After)
     └── ServiceUnavailable          503 service_unavailable
         ├── DatabaseUnavailable     503 database_unavailable
-        ├── StorageUnavailableError 503 storage_unavailable
+        ├── StorageUnavailable 503 storage_unavailable
         └── IdentityProviderUnavailable 503 identity_provider_unavailable
 
 Nothing here imports a web framework: services and the pipeline raise these, the API renders them.
@@ -269,7 +269,7 @@ class DatabaseUnavailable(ServiceUnavailable):
     title = "Database unavailable"
 
 
-class StorageUnavailableError(ServiceUnavailable):
+class StorageUnavailable(ServiceUnavailable):
     code = "storage_unavailable"
     title = "Storage unavailable"
 

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from app.storage.base import Storage, StoredObject
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Event deliveries: a second normally, up to a day of retries.
@@ -97,53 +91,3 @@ class Metrics:
             buckets=DELAY_BUCKETS,
             registry=self.registry,
         )
-
-
-class InstrumentedStorage:
-    """A Storage that records each call's latency and failures, then delegates."""
-
-    def __init__(self, inner: Storage, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    async def _observe(self, operation: str, call: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return await call
-        except FileNotFoundError:
-            raise  # a missing key is an answer, not a storage failure
-        except Exception:
-            self.metrics.storage_errors.labels(operation).inc()
-            raise
-        finally:
-            self.metrics.storage_seconds.labels(operation).observe(time.perf_counter() - start)
-
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        await self._observe("put", self.inner.put(key, data, content_type))
-
-    async def get(self, key: str) -> bytes:
-        return await self._observe("get", self.inner.get(key))
-
-    async def delete(self, key: str) -> None:
-        await self._observe("delete", self.inner.delete(key))
-
-    async def exists(self, key: str) -> bool:
-        return await self._observe("exists", self.inner.exists(key))
-
-    def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
-        return self.inner.list(prefix)
-
-    def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
-        return self.inner.list_partial(prefix)
-
-    async def delete_partial(self, name: str) -> None:
-        await self._observe("delete", self.inner.delete_partial(name))
-
-    def url(self, key: str, *, base_url: str) -> str:
-        return self.inner.url(key, base_url=base_url)
-
-    async def check(self) -> None:
-        await self._observe("check", self.inner.check())
-
-    def __getattr__(self, name: str) -> Any:  # adapter extras (e.g. the S3 client) stay reachable
-        return getattr(self.inner, name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -17,7 +16,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.core.variants import VariantSet
 from app.db.base import Base
+from app.db.types import VariantSetJSON
 
 
 def utcnow() -> datetime:
@@ -35,8 +36,8 @@ class Avatar(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     source_format: Mapped[str] = mapped_column(String(16))
-    # [{"name", "key", "width", "height", "bytes", "content_type"}, ...]; "original" first.
-    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Stored as a JSON list of objects, "original" first (app.core.variants).
+    variants: Mapped[VariantSet] = mapped_column(VariantSetJSON)
     # What the pipeline removed from the upload ("exif.gps", "xmp", "icc->srgb", ...) and the
     # EXIF orientation it applied (1 = none).
     metadata_removed: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
@@ -54,13 +55,7 @@ class Avatar(Base):
 
     @property
     def keys(self) -> list[str]:
-        return [variant["key"] for variant in self.variants]
-
-    def variant(self, name: str) -> dict[str, Any]:
-        for variant in self.variants:
-            if variant["name"] == name:
-                return variant
-        raise KeyError(name)
+        return self.variants.keys
 
 
 # SQLite numbers rows itself only for an INTEGER PRIMARY KEY.

@@ -45,6 +45,16 @@ from typing import NamedTuple
 import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageFile
 
+from app.core import config
+from app.core.config import (
+    DEFAULT_AUTO_CROP,
+    DEFAULT_MAX_DIMENSION,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_ORIGINAL_MAX_SIDE,
+    DEFAULT_THUMBNAIL_SIZE,
+    DEFAULT_THUMBNAIL_SIZES,
+)
 from app.core.errors import (
     CorruptImage,
     DimensionsTooLarge,
@@ -54,6 +64,7 @@ from app.core.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
+from app.core.variants import WEBP, square_name
 from app.imaging.autocrop import AutoCrop, CropSource, propose_square
 from app.imaging.placeholder import Placeholder, make_placeholder
 
@@ -64,13 +75,13 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # depth maps and auxiliary images are never read.
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
-WEBP_CONTENT_TYPE = "image/webp"
+WEBP_CONTENT_TYPE = WEBP
 # libwebp cannot encode a side longer than this.
 WEBP_MAX_SIDE = 16383
 
 ALL_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF"})
 # What the service takes unless configured otherwise (the corpus classes assume these four).
-DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP"})
+DEFAULT_FORMATS = frozenset(config.DEFAULT_FORMATS)
 _FORMAT_NAMES = {
     "JPEG": "JPEG",
     "PNG": "PNG",
@@ -180,12 +191,14 @@ class CropBox(NamedTuple):
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    max_pixels: int = 50_000_000  # per still image, and across all frames of an animation
-    max_dimension: int = 4096
-    max_frames: int = 200
-    thumbnail_size: int = 400  # the "thumb" variant
-    thumbnail_sizes: tuple[int, ...] = (256, 128, 64)  # more squares, "thumb-<size>"
-    original_max_side: int = 2048  # 0 keeps the full resolution
+    # The defaults are the settings' (app.core.config), so a pipeline made with none behaves
+    # as the service does.
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_dimension: int = DEFAULT_MAX_DIMENSION
+    max_frames: int = DEFAULT_MAX_FRAMES
+    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE  # the main square, "thumb"
+    thumbnail_sizes: tuple[int, ...] = DEFAULT_THUMBNAIL_SIZES  # more squares, "thumb-<side>"
+    original_max_side: int = DEFAULT_ORIGINAL_MAX_SIDE
     formats: frozenset[str] = DEFAULT_FORMATS
     original_quality: int = 85
     thumbnail_quality: int = 80
@@ -196,14 +209,12 @@ class PipelineOptions:
     original_method: int = 2
     square_method: int = 6
     # Without a client crop: how the square is chosen (face, else content, else centre).
-    auto_crop: AutoCrop = "centre"
+    auto_crop: AutoCrop = DEFAULT_AUTO_CROP
 
     def squares(self) -> tuple[tuple[str, int], ...]:
         """(variant name, side) of every thumbnail, largest first."""
         sides = sorted({self.thumbnail_size, *self.thumbnail_sizes}, reverse=True)
-        return tuple(
-            ("thumb" if side == self.thumbnail_size else f"thumb-{side}", side) for side in sides
-        )
+        return tuple((square_name(side, main_side=self.thumbnail_size), side) for side in sides)
 
 
 @dataclass(frozen=True)

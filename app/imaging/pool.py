@@ -9,7 +9,7 @@ deadline (``job_timeout`` seconds of its own run, queueing excluded) is killed, 
 The pool admits at most ``workers + queue_size`` jobs; one more is refused at once with
 ``ServerBusy`` (503 + Retry-After) instead of piling request bodies up in memory. A request takes
 its place with ``with pool.reserve():`` *before* it reads the upload body, so a refused request
-has read nothing; ``run()`` inside that block uses the place taken. A place is given back only
+has read nothing; ``place.run()`` runs its job in the place taken. A place is given back only
 when its job has really stopped: finished, or its worker killed and reaped. A request cancelled
 mid-job has its worker killed at once rather than left to finish work nobody will read.
 
@@ -36,11 +36,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from contextvars import ContextVar
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from app.core.errors import (
     AppError,
@@ -98,9 +97,21 @@ class Place:
         ``ClientDisconnected`` in the request, whose compensation then runs as for any failure."""
         self.cancelled.set()
 
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``func(*args, **kwargs)`` in a worker process, in this place (it holds one job; a
+        second one takes a place of its own). ``func`` and its arguments travel by pickle: a
+        module-level function."""
+        if self.job is not None:
+            return await self.pool.run(func, *args, **kwargs)
+        self.job = self.pool._submit(functools.partial(func, *args, **kwargs), self.cancelled)
+        return await asyncio.wrap_future(self.job)
 
-# The place the current request (asyncio task) holds, if any.
-_held: ContextVar[Place | None] = ContextVar("imaging_place", default=None)
+
+class JobRunner(Protocol):
+    """What the services run image jobs on: the pool (a place taken per job) or a place a
+    request reserved before reading its body."""
+
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
 
 
 class _Worker:
@@ -180,11 +191,9 @@ class WorkerPool:
                 )
             self._admitted += 1
         place = Place(self)
-        token = _held.set(place)
         try:
             yield place
         finally:
-            _held.reset(token)
             job = place.job
             if job is not None and not job.done():  # cancelled while its worker still works
                 place.cancelled.set()  # its dispatcher kills the worker, then the job ends
@@ -193,15 +202,13 @@ class WorkerPool:
                 self._release()
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``func(*args, **kwargs)`` in a worker process, in the place held by this request
-        or a new one. ``func`` and its arguments travel by pickle: a module-level function."""
-        place = _held.get()
-        if place is None or place.pool is not self or place.job is not None:
-            with self.reserve():
-                return await self.run(func, *args, **kwargs)
-        call = functools.partial(func, *args, **kwargs)
-        place.job = self._executor.submit(self._dispatch, call, place.cancelled)
-        return await asyncio.wrap_future(place.job)
+        """Run ``func(*args, **kwargs)`` in a worker process, in a place of its own (or
+        ``ServerBusy``)."""
+        with self.reserve() as place:
+            return await place.run(func, *args, **kwargs)
+
+    def _submit(self, call: functools.partial[T], cancelled: threading.Event) -> Future[T]:
+        return self._executor.submit(self._dispatch, call, cancelled)
 
     def shutdown(self) -> None:
         """Wait for the jobs in flight, then stop every worker."""

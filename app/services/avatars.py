@@ -18,7 +18,7 @@ import errno
 import logging
 import uuid
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
@@ -31,8 +31,9 @@ from app.core.errors import (
     AvatarNotFound,
     DatabaseUnavailable,
     InsufficientStorage,
-    StorageUnavailableError,
+    StorageUnavailable,
 )
+from app.core.variants import ORIGINAL, StoredVariant, VariantSet, object_key
 from app.db.models import Avatar, utcnow
 from app.db.session import READ_ONLY
 from app.imaging.pipeline import (
@@ -42,7 +43,7 @@ from app.imaging.pipeline import (
     Variant,
     process_image,
 )
-from app.imaging.pool import WorkerPool
+from app.imaging.pool import JobRunner
 from app.services.events import outbox_event
 from app.storage.base import Storage
 
@@ -68,27 +69,11 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ROW_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class StoredVariant:
-    name: str
-    key: str
-    width: int
-    height: int
-    bytes: int
-    content_type: str
-    frames: int = 1
-
-
-def object_key(version: str, name: str) -> str:
-    """Keys come from the service alone: a fresh random version, never a client's file name."""
-    return f"avatars/{version}/{name}.webp"
-
-
 async def replace_avatar(
     *,
     sessions: async_sessionmaker[AsyncSession],
     storage: Storage,
-    pool: WorkerPool,
+    pool: JobRunner,
     options: PipelineOptions,
     user_id: str,
     upload: bytes,
@@ -103,7 +88,7 @@ async def replace_avatar(
         "width": processed.width,
         "height": processed.height,
         "source_format": processed.source_format,
-        "variants": [vars(variant) for variant in stored],
+        "variants": stored,
         "metadata_removed": list(processed.metadata_removed),
         "orientation_applied": processed.orientation,
         # The box the squares were cut from, in pixels of the stored original: proposed (the
@@ -114,7 +99,7 @@ async def replace_avatar(
     }
     avatar, old_keys = await _commit_or_compensate(
         storage,
-        [v.key for v in stored],
+        stored.keys,
         _swap_row(sessions, user_id, fields, event_type="avatar.updated"),
     )
     await delete_objects(storage, old_keys)
@@ -125,7 +110,7 @@ async def recrop_avatar(
     *,
     sessions: async_sessionmaker[AsyncSession],
     storage: Storage,
-    pool: WorkerPool,
+    pool: JobRunner,
     options: PipelineOptions,
     user_id: str,
     crop: CropBox | None | _Keep | _Propose = KEEP,
@@ -140,16 +125,16 @@ async def recrop_avatar(
     """
     current = await get_avatar(sessions=sessions, user_id=user_id)
     box = _stored_crop(current) if isinstance(crop, _Keep) else crop
-    original = current.variant("original")
+    original = current.variants.original
     try:
-        data = await storage.get(original["key"])
+        data = await storage.get(original.key)
     except FileNotFoundError:
         # Most often an upload or a delete of the same avatar won the race and removed the
         # original after the row was read: that is a conflict (or a 404), not an outage.
         await _raise_if_changed(sessions, user_id, current.version)
-        raise StorageUnavailableError("The stored original is missing; upload again.") from None
+        raise StorageUnavailable("The stored original is missing; upload again.") from None
     except Exception as exc:
-        raise StorageUnavailableError("The image store could not read the original.") from exc
+        raise StorageUnavailable("The image store could not read the original.") from exc
 
     # The stored original is a WebP this service wrote, whatever uploads are allowed now. Only
     # PROPOSE asks for a proposal; without a box the squares are otherwise its centre.
@@ -162,7 +147,7 @@ async def recrop_avatar(
     given = None if isinstance(box, _Propose) else box
     processed = await pool.run(process_image, data, derive_options, crop=given)
     version = uuid.uuid4().hex
-    derived = [variant for variant in processed.variants if variant.name != "original"]
+    derived = [variant for variant in processed.variants if variant.name != ORIGINAL]
     stored = await _put_variants(storage, version, derived)
     if propose:
         crop_fields = _crop_fields(processed)
@@ -172,14 +157,14 @@ async def recrop_avatar(
         crop_fields = {"crop": list(given) if given else None, "crop_source": "client"}
     fields = {
         "version": version,
-        "variants": [original, *(vars(variant) for variant in stored)],
+        "variants": VariantSet.of(original, *stored),
         **crop_fields,
         **_placeholder_fields(processed),
         "updated_at": utcnow(),
     }
     avatar, old_keys = await _commit_or_compensate(
         storage,
-        [v.key for v in stored],
+        stored.keys,
         _swap_row(
             sessions,
             user_id,
@@ -188,7 +173,7 @@ async def recrop_avatar(
             expected_version=current.version,
         ),
     )
-    await delete_objects(storage, [key for key in old_keys if key != original["key"]])
+    await delete_objects(storage, [key for key in old_keys if key != original.key])
     return avatar
 
 
@@ -230,9 +215,7 @@ def _placeholder_fields(processed: ProcessedImage) -> dict[str, str | None]:
     }
 
 
-async def _put_variants(
-    storage: Storage, version: str, variants: Iterable[Variant]
-) -> list[StoredVariant]:
+async def _put_variants(storage: Storage, version: str, variants: Iterable[Variant]) -> VariantSet:
     """Write each variant under a fresh key; on any failure delete what may have been written."""
     stored: list[StoredVariant] = []
     # A key counts as written as soon as its put is sent: a put that fails may still have stored
@@ -240,7 +223,7 @@ async def _put_variants(
     written: list[str] = []
     try:
         for variant in variants:
-            key = object_key(version, variant.name)
+            key = object_key(version, variant.name, variant.content_type)
             written.append(key)
             await storage.put(key, variant.data, variant.content_type)
             stored.append(
@@ -258,8 +241,8 @@ async def _put_variants(
         await delete_objects(storage, written)
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:
             raise InsufficientStorage("The image store is full; nothing was kept.") from exc
-        raise StorageUnavailableError("The image store could not save the avatar.") from exc
-    return stored
+        raise StorageUnavailable("The image store could not save the avatar.") from exc
+    return VariantSet(tuple(stored))
 
 
 async def _commit_or_compensate(

@@ -33,13 +33,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.variants import KEY_PREFIX
 from app.db.models import Avatar
 from app.storage.base import Storage, StoredObject
 
 logger = logging.getLogger(__name__)
 
-# Every key ``app.services.avatars.object_key`` makes starts with this.
-KEY_PREFIX = "avatars/"
 DEFAULT_GRACE = timedelta(hours=1)
 
 
@@ -103,7 +102,7 @@ async def reconcile(
     report = GcReport(applied=apply, grace=grace)
 
     listed: dict[str, StoredObject] = {}
-    async for obj in storage.list(KEY_PREFIX):
+    async for obj in storage.list_objects(KEY_PREFIX):
         listed[obj.key] = obj
         report.scanned.add(obj.size)
 
@@ -162,7 +161,7 @@ async def current_keys(
             select(Avatar.user_id, Avatar.variants).where(Avatar.user_id.in_(user_ids))
         )
         for user_id, variants in result:
-            keys[user_id] = {variant["key"] for variant in variants}
+            keys[user_id] = set(variants.keys)
     return keys
 
 
@@ -172,6 +171,6 @@ async def referenced_keys(sessions: async_sessionmaker[AsyncSession]) -> dict[st
     async with sessions() as session:
         result = await session.execute(select(Avatar.user_id, Avatar.variants))
         for user_id, variants in result:
-            for variant in variants:
-                keys[variant["key"]] = user_id
+            for key in variants.keys:
+                keys[key] = user_id
     return keys

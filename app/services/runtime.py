@@ -16,11 +16,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import ConfigurationError, Settings
-from app.core.metrics import InstrumentedStorage, Metrics
+from app.core.metrics import Metrics
 from app.db.session import create_engine, create_sessionmaker
 from app.imaging.pipeline import PipelineOptions, configure_pillow
 from app.imaging.pool import WorkerPool
-from app.storage import Storage, StorageUnavailable, build_storage
+from app.storage import Storage, StoreError, build_storage
+from app.storage.instrumented import InstrumentedStorage
 
 
 def pipeline_options(settings: Settings) -> PipelineOptions:
@@ -62,7 +63,7 @@ async def check_storage(storage: Storage) -> None:
     an unreachable endpoint) stops the service with a one-line reason, not a traceback."""
     try:
         await storage.check()
-    except StorageUnavailable as exc:
+    except StoreError as exc:
         raise ConfigurationError(f"the storage cannot be used: {exc}") from None
 
 

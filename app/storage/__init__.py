@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.core.config import Settings
-from app.storage.base import Storage, StorageUnavailable, StoredObject
+from app.storage.base import Storage, StoredObject, StoreError
 from app.storage.local import LocalStorage
 from app.storage.memory import MemoryStorage
 
@@ -11,7 +11,7 @@ __all__ = [
     "LocalStorage",
     "MemoryStorage",
     "Storage",
-    "StorageUnavailable",
+    "StoreError",
     "StoredObject",
     "build_storage",
 ]

@@ -3,7 +3,7 @@
 Adapters: ``LocalStorage`` (a folder on disk, atomic writes), ``S3Storage`` (S3 or an
 S3-compatible store through an injected boto3 client) and ``MemoryStorage`` (a fake for tests,
 like httpx's MockTransport). ``get`` raises ``FileNotFoundError`` for a missing key and
-``StorageUnavailable`` when the store fails; ``delete`` of a missing key is not an error. Keys
+``StoreError`` when the store fails; ``delete`` of a missing key is not an error. Keys
 are made by the service, never by clients, and always match ``KEY_PATTERN``.
 
 ``list_partial`` and ``delete_partial`` are for ``gc``: writes a killed process left unfinished
@@ -44,16 +44,12 @@ class StoredObject:
     modified: datetime
 
 
-class StorageUnavailable(OSError):
+class StoreError(OSError):
     """The store did not answer or refused the call; the caller may retry later."""
 
 
 @runtime_checkable
 class Storage(Protocol):
-    # True when clients fetch objects from the store itself (S3, a CDN): the service then
-    # redirects to them instead of passing the bytes through.
-    serves_objects: bool
-
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
     async def get(self, key: str) -> bytes: ...
@@ -62,7 +58,9 @@ class Storage(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
-    def list(self, prefix: str = "") -> AsyncIterator[StoredObject]: ...
+    def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        """The objects under ``prefix``, in key order."""
+        ...
 
     def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
         """Unfinished writes under ``prefix`` (none where the store's writes are atomic)."""
@@ -72,10 +70,14 @@ class Storage(Protocol):
         """Remove one unfinished write ``list_partial`` named; a missing one is not an error."""
         ...
 
-    def url(self, key: str, *, base_url: str) -> str: ...
+    def object_url(self, key: str) -> str | None:
+        """Where clients fetch ``key`` from the store itself (S3, a CDN), so the service
+        redirects to it instead of passing the bytes through; None when the store serves
+        nothing itself (the service then serves the object)."""
+        ...
 
     async def check(self) -> None:
-        """Raise ``StorageUnavailable`` when the store cannot be used."""
+        """Raise ``StoreError`` when the store cannot be used."""
         ...
 
 

@@ -11,16 +11,13 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from app.storage.base import StorageUnavailable, StoredObject, is_valid_key
+from app.storage.base import StoredObject, StoreError, is_valid_key
 
 # What ``_put`` names a file while it is written; a dot starts it, so no key can name it.
 TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
 
 
 class LocalStorage:
-    # Files are served by this service (/media/...), not by the store itself.
-    serves_objects = False
-
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
@@ -63,7 +60,7 @@ class LocalStorage:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise  # no such object: the caller's 404
         except OSError as exc:  # EIO, EACCES, a stale mount: the store is failing, not the key
-            raise StorageUnavailable(f"cannot read {key}: {exc.strerror or exc}") from exc
+            raise StoreError(f"cannot read {key}: {exc.strerror or exc}") from exc
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(self._delete, key)
@@ -92,7 +89,7 @@ class LocalStorage:
             return False
         return await anyio.to_thread.run_sync(path.is_file)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
         entries = await anyio.to_thread.run_sync(self._scan, prefix)
         for entry in entries:
             yield entry
@@ -140,8 +137,8 @@ class LocalStorage:
         path.unlink(missing_ok=True)
         self._remove_empty_folders(path.parent)
 
-    def url(self, key: str, *, base_url: str) -> str:
-        return f"{base_url}/media/{key}"
+    def object_url(self, key: str) -> None:
+        return None  # the service serves the files
 
     async def check(self) -> None:
         await anyio.to_thread.run_sync(self._check)
@@ -150,6 +147,6 @@ class LocalStorage:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageUnavailable(f"media root {self.root} cannot be created: {exc}") from exc
+            raise StoreError(f"media root {self.root} cannot be created: {exc}") from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StorageUnavailable(f"media root {self.root} is not writable")
+            raise StoreError(f"media root {self.root} is not writable")

@@ -5,19 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from app.storage.base import StorageUnavailable, StoredObject, is_valid_key, no_partial_writes
+from app.storage.base import StoredObject, StoreError, is_valid_key, no_partial_writes
 
 
 class MemoryStorage:
-    serves_objects = False
-
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str, datetime]] = {}
         self.available = True
 
     def _ensure_available(self) -> None:
         if not self.available:
-            raise StorageUnavailable("memory storage switched off")
+            raise StoreError("memory storage switched off")
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         self._ensure_available()
@@ -40,7 +38,7 @@ class MemoryStorage:
         self._ensure_available()
         return key in self.objects
 
-    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
         self._ensure_available()
         for key in sorted(self.objects):
             if key.startswith(prefix):
@@ -53,8 +51,8 @@ class MemoryStorage:
     async def delete_partial(self, name: str) -> None:
         return None
 
-    def url(self, key: str, *, base_url: str) -> str:
-        return f"{base_url}/media/{key}"
+    def object_url(self, key: str) -> None:
+        return None  # the service serves the files
 
     async def check(self) -> None:
         self._ensure_available()

@@ -6,7 +6,7 @@ connect and read timeouts and a bounded number of attempts, so each call ends in
 
 Errors follow the storage contract: a missing key is ``FileNotFoundError``; anything else the
 client raises (no answer, timeouts after the last attempt, 5xx, access denied, a missing bucket,
-no credentials) becomes ``StorageUnavailable`` with a message that says which.
+no credentials) becomes ``StoreError`` with a message that says which.
 
 Keys are the service's keys; ``prefix`` puts them under a folder of a shared bucket. URLs are
 ``public_base_url + "/" + key`` when a CDN or public bucket fronts the prefix, else presigned
@@ -33,7 +33,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from app.core.config import ConfigurationError, Settings
-from app.storage.base import StorageUnavailable, StoredObject, is_valid_key, no_partial_writes
+from app.storage.base import StoredObject, StoreError, is_valid_key, no_partial_writes
 
 T = TypeVar("T")
 
@@ -74,8 +74,6 @@ def build_s3_client(settings: Settings) -> Any:
 
 class S3Storage:
     # Objects are fetched from S3 (or the CDN) directly: the service redirects to them.
-    serves_objects = True
-
     def __init__(
         self,
         client: Any,
@@ -119,8 +117,8 @@ class S3Storage:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(func, *args, **kwargs))
 
-    def _unavailable(self, action: str, exc: Exception) -> StorageUnavailable:
-        return StorageUnavailable(f"S3 {action} in bucket {self.bucket!r} failed: {describe(exc)}")
+    def _unavailable(self, action: str, exc: Exception) -> StoreError:
+        return StoreError(f"S3 {action} in bucket {self.bucket!r} failed: {describe(exc)}")
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         object_key = self._object_key(key)
@@ -180,7 +178,7 @@ class S3Storage:
             raise self._unavailable(f"head {object_key}", exc) from exc
         return True
 
-    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
         """Objects under ``prefix`` in key order, one page (up to 1,000 keys) per request."""
         token: str | None = None
         while True:
@@ -213,8 +211,8 @@ class S3Storage:
     async def delete_partial(self, name: str) -> None:
         return None
 
-    def url(self, key: str, *, base_url: str) -> str:
-        """``base_url`` (the service's own) is not used: objects are served by S3 or the CDN."""
+    def object_url(self, key: str) -> str:
+        """Objects are served by S3 or the CDN in front of it."""
         if self.public_base_url:
             return f"{self.public_base_url}/{key}"
         # Signing is local computation; it only touches the network when instance-role
@@ -232,7 +230,7 @@ class S3Storage:
         try:
             await self._run(self.client.head_bucket, Bucket=self.bucket)
         except _CLIENT_ERRORS as exc:
-            raise StorageUnavailable(self._explain_check_failure(exc)) from exc
+            raise StoreError(self._explain_check_failure(exc)) from exc
 
     def _explain_check_failure(self, exc: Exception) -> str:
         bucket = repr(self.bucket)

@@ -278,7 +278,8 @@ def test_rows_from_before_the_automatic_crop_read_sensibly(
 ) -> None:
     from datetime import UTC, datetime
 
-    from app.api.schemas import AvatarPublic
+    from app.api.presenter import build_document
+    from app.core.variants import VariantSet
     from app.db.models import Avatar
     from app.storage.memory import MemoryStorage
 
@@ -289,20 +290,22 @@ def test_rows_from_before_the_automatic_crop_read_sensibly(
         width=600,
         height=400,
         source_format="JPEG",
-        variants=[
-            {**variant, "name": "original", "width": 600, "height": 400},
-            {
-                **variant,
-                "name": "thumb",
-                "key": "avatars/v/thumb.webp",
-                "width": 400,
-                "height": 400,
-            },
-        ],
+        variants=VariantSet.from_json(
+            [
+                {**variant, "name": "original", "width": 600, "height": 400},
+                {
+                    **variant,
+                    "name": "thumb",
+                    "key": "avatars/v/thumb.webp",
+                    "width": 400,
+                    "height": 400,
+                },
+            ]
+        ),
         crop=crop,
         crop_source=crop_source,
         updated_at=datetime.now(UTC),
     )
-    document = AvatarPublic.build(avatar, storage=MemoryStorage(), base_url="http://x")
+    document = build_document(avatar, storage=MemoryStorage(), base_url="http://x")
     assert document.crop == expected_crop
     assert document.crop_source == expected_source

@@ -139,7 +139,7 @@ async def test_base64_length_is_checked_before_decoding(tmp_path, sqlite_url) ->
 
 async def test_gravatar_style_url_picks_the_size(client, auth, app) -> None:
     await upload(client, auth, jpeg_with_metadata((900, 600)))
-    redirects = app.state.storage.serves_objects  # S3: a redirect to the object
+    redirects = app.state.runtime.storage.object_url("avatars/x/thumb.webp") is not None  # S3
     for wanted, side in ((1, 64), (64, 64), (65, 128), (200, 256), (400, 400), (2000, 400)):
         response = await client.get("/avatars/alice", params={"size": wanted})
         assert response.status_code == (302 if redirects else 200), (wanted, response.text)
@@ -186,9 +186,10 @@ async def test_default_404_and_bad_parameters(client) -> None:
 
 async def test_storage_that_serves_objects_gets_a_redirect(client, auth, app) -> None:
     await upload(client, auth, jpeg_with_metadata())
-    storage = app.state.storage.inner
-    if not storage.serves_objects:
-        storage.serves_objects = True  # as S3 would: the objects are fetched from the store
+    storage = app.state.runtime.storage.inner
+    if storage.object_url("avatars/x/thumb.webp") is None:
+        # As S3 would: the objects are fetched from the store (here at the service's /media/).
+        storage.object_url = lambda key: f"http://testserver/media/{key}"
     response = await client.get("/avatars/alice", params={"size": 100})
     assert response.status_code == 302
     assert response.headers["cache-control"] == "public, max-age=300"

@@ -284,7 +284,7 @@ async def test_a_client_gone_mid_processing_stops_its_job_and_frees_its_place(
         gone.set()
         await asyncio.wait_for(task, 10)  # the held job alone would wait 30 s for its release
         assert not is_running(pid)
-        assert application.state.pool.in_flight == 0
+        assert application.state.runtime.pool.in_flight == 0
         assert stored_files(settings) == []
         hold.release()
         transport = httpx.ASGITransport(app=application)

@@ -162,7 +162,7 @@ async def test_an_oversized_authorization_header_is_refused_before_it_is_parsed(
     from app.api.deps import MAX_AUTHORIZATION_BYTES
 
     verified = []
-    verifier = app.state.token_verifier
+    verifier = app.state.runtime.verifier
     real_verify = verifier.verify
     verifier.verify = lambda token: verified.append(len(token)) or real_verify(token)
     assert (await client.get("/users/me/avatar", headers=auth())).status_code == 404

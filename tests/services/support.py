@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from app.core.config import Settings
 from app.db.session import create_engine
-from app.storage.base import Storage, StorageUnavailable, StoredObject
+from app.storage.base import Storage, StoredObject, StoreError
 from tests.conftest import ROOT
 
 KeyTest = Callable[[str], bool]
@@ -54,11 +54,11 @@ class FaultyStorage:
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_put(key):
-            raise StorageUnavailable(f"injected: put {key} refused")
+            raise StoreError(f"injected: put {key} refused")
         await self.inner.put(key, data, content_type)
         self.written.append(key)
         if self.lose_put_response(key):
-            raise StorageUnavailable(f"injected: answer to put {key} lost")
+            raise StoreError(f"injected: answer to put {key} lost")
         if self.pause_after_puts is not None and len(self.written) >= self.pause_after_puts:
             self.paused.set()
             await self.resume.wait()
@@ -79,8 +79,8 @@ class FaultyStorage:
             await self.before_exists(key)
         return await self.inner.exists(key)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
-        async for obj in self.inner.list(prefix):
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        async for obj in self.inner.list_objects(prefix):
             yield obj
         if self.after_list is not None:
             await self.after_list()
@@ -91,8 +91,8 @@ class FaultyStorage:
     async def delete_partial(self, name: str) -> None:
         await self.inner.delete_partial(name)
 
-    def url(self, key: str, *, base_url: str) -> str:
-        return self.inner.url(key, base_url=base_url)
+    def object_url(self, key: str) -> str | None:
+        return self.inner.object_url(key)
 
     async def check(self) -> None:
         await self.inner.check()
@@ -121,7 +121,7 @@ async def faulty_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClien
 
 async def store_snapshot(storage: Storage) -> dict[str, bytes]:
     """Every object of the store, through the adapter itself."""
-    return {obj.key: await storage.get(obj.key) async for obj in storage.list()}
+    return {obj.key: await storage.get(obj.key) async for obj in storage.list_objects()}
 
 
 async def table_snapshot(database_url: str) -> list[tuple[Any, ...]]:

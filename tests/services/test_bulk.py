@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app.core.variants import VariantSet
 from app.db.models import Avatar
 from app.db.session import create_engine, create_sessionmaker
 from app.services.bulk import (
@@ -36,7 +37,7 @@ async def test_user_ids_are_paged_in_database_order_each_once(database_url: str)
                         width=1,
                         height=1,
                         source_format="PNG",
-                        variants=[],
+                        variants=VariantSet(()),
                     )
                 )
         async with sessions() as session:

@@ -11,10 +11,10 @@ from PIL import Image
 
 from app.core.config import Settings
 from app.core.security import create_token
+from app.core.variants import object_key
 from app.db.models import Avatar
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
-from app.services.avatars import object_key
 from app.storage import build_storage
 from tests.conftest import serving
 from tests.images import jpeg_with_metadata

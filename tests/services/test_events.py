@@ -120,13 +120,13 @@ async def test_a_change_whose_commit_fails_leaves_no_event(
         client.headers["Authorization"] = f"Bearer {create_token(settings, 'alice')}"
         assert (await client.post("/users/me/avatar", files=image())).status_code == 201
         before = await outbox(database_url)
-        orm_event.listen(app.state.engine.sync_engine, "commit", refuse)
+        orm_event.listen(app.state.runtime.engine.sync_engine, "commit", refuse)
         try:
             assert (await client.post("/users/me/avatar", files=image())).status_code == 503
             assert (await client.patch("/users/me/avatar", json={"crop": None})).status_code == 503
             assert (await client.delete("/users/me/avatar")).status_code == 503
         finally:
-            orm_event.remove(app.state.engine.sync_engine, "commit", refuse)
+            orm_event.remove(app.state.runtime.engine.sync_engine, "commit", refuse)
     assert await outbox(database_url) == before
     assert [e["type"] for e in before] == ["avatar.updated"]
 

@@ -14,10 +14,10 @@ import pytest
 
 from app.core.config import Settings
 from app.core.security import create_token
+from app.core.variants import KEY_PREFIX, object_key
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
-from app.services.avatars import object_key
-from app.services.gc import KEY_PREFIX, MissingObject, reconcile
+from app.services.gc import MissingObject, reconcile
 from app.storage import Storage, build_storage
 from tests.client import upload
 from tests.conftest import serving

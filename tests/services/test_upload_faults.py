@@ -91,7 +91,7 @@ async def test_commit_failure_removes_new_objects_and_keeps_the_old_avatar(
             table_before = await table_snapshot(settings.database_url)
             written_before = len(storage.written)
 
-            fail_commits(app.state.engine)
+            fail_commits(app.state.runtime.engine)
             assert_problem(await upload(client, color=(0, 0, 255)), 503, "database_unavailable")
 
             new_keys = storage.written[written_before:]

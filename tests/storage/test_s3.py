@@ -18,7 +18,7 @@ import pytest
 
 from app.core.config import ConfigurationError, load_settings
 from app.main import create_app
-from app.storage import StorageUnavailable, build_storage
+from app.storage import StoreError, build_storage
 from app.storage.s3 import CACHE_CONTROL, S3Storage
 from tests.conftest import ROOT, make_settings, serving
 from tests.images import jpeg_with_metadata
@@ -52,7 +52,7 @@ async def test_keys_live_under_the_prefix_and_nothing_else_is_seen(
     await s3.put(KEY, b"data", "image/webp")
     raw = moto_server.client.list_objects_v2(Bucket=s3.bucket)["Contents"]
     assert "tenant/avatars-prod/" + KEY in {item["Key"] for item in raw}
-    assert [obj.key async for obj in s3.list()] == [KEY]
+    assert [obj.key async for obj in s3.list_objects()] == [KEY]
     assert not await s3.exists("not-ours.webp")
 
 
@@ -61,7 +61,7 @@ async def test_presigned_url_serves_the_bytes_over_http(moto_server, tmp_path) -
     try:
         data = jpeg_with_metadata((64, 48))
         await storage.put(KEY, data, "image/webp")
-        url = storage.url(KEY, base_url="http://ignored.test")
+        url = storage.object_url(KEY)
         parts = urlsplit(url)
         assert url.startswith(moto_server.endpoint_url)
         assert parts.path.endswith("/p/" + KEY)
@@ -81,7 +81,7 @@ async def test_presigned_url_serves_the_bytes_over_http(moto_server, tmp_path) -
 async def test_public_base_url_gives_base_plus_key(moto_server, tmp_path) -> None:
     storage = s3_storage(moto_server, tmp_path, s3_public_base_url="https://cdn.example.test/av/")
     try:
-        assert storage.url(KEY, base_url="http://svc") == f"https://cdn.example.test/av/{KEY}"
+        assert storage.object_url(KEY) == f"https://cdn.example.test/av/{KEY}"
     finally:
         storage.close()
 
@@ -104,7 +104,7 @@ async def test_list_follows_every_page(moto_server, tmp_path) -> None:
         for key in keys:
             await storage.put(key, b"x", "image/webp")
         storage._list_page = small_pages  # type: ignore[method-assign]
-        assert [obj.key async for obj in storage.list()] == keys
+        assert [obj.key async for obj in storage.list_objects()] == keys
         assert calls == 4
     finally:
         storage._list_page = list_page  # type: ignore[method-assign]
@@ -114,11 +114,11 @@ async def test_list_follows_every_page(moto_server, tmp_path) -> None:
 async def test_missing_bucket_is_unavailable_not_missing_key(moto_server, tmp_path) -> None:
     storage = s3_storage(moto_server, tmp_path, s3_bucket="no-such-bucket")
     try:
-        with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
+        with pytest.raises(StoreError, match="NoSuchBucket"):
             await storage.get(KEY)
-        with pytest.raises(StorageUnavailable):
+        with pytest.raises(StoreError):
             await storage.put(KEY, b"x", "image/webp")
-        with pytest.raises(StorageUnavailable, match="S3 bucket 'no-such-bucket' does not exist"):
+        with pytest.raises(StoreError, match="S3 bucket 'no-such-bucket' does not exist"):
             await storage.check()
     finally:
         storage.close()
@@ -126,9 +126,9 @@ async def test_missing_bucket_is_unavailable_not_missing_key(moto_server, tmp_pa
 
 async def test_refused_credentials_are_explained(s3: S3Storage, moto_server) -> None:
     with moto_server.authentication_enforced():
-        with pytest.raises(StorageUnavailable, match="was denied .*check the credentials"):
+        with pytest.raises(StoreError, match="was denied .*check the credentials"):
             await s3.check()
-        with pytest.raises(StorageUnavailable):
+        with pytest.raises(StoreError):
             await s3.put(KEY, b"x", "image/webp")
     await s3.check()
 
@@ -138,7 +138,7 @@ async def test_missing_credentials_are_explained(moto_server, tmp_path, monkeypa
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     storage = s3_storage(moto_server, tmp_path)
     try:
-        with pytest.raises(StorageUnavailable, match="no credentials found"):
+        with pytest.raises(StoreError, match="no credentials found"):
             await storage.check()
     finally:
         storage.close()
@@ -164,13 +164,13 @@ async def test_every_call_to_a_dead_endpoint_fails_in_bounded_time(
             "get": lambda: storage.get(KEY),
             "exists": lambda: storage.exists(KEY),
             "delete": lambda: storage.delete(KEY),
-            "list": lambda: anext(aiter(storage.list())),
+            "list": lambda: anext(aiter(storage.list_objects())),
             "check": storage.check,
         }
         try:
             for name, call in calls.items():
                 started = time.monotonic()
-                with pytest.raises(StorageUnavailable):
+                with pytest.raises(StoreError):
                     await call()
                 elapsed = time.monotonic() - started
                 # Two attempts of 0.3 s, botocore's backoff (< 1 s), and for a put up to 1 s
@@ -201,7 +201,7 @@ async def test_calls_run_off_the_event_loop(moto_server, tmp_path) -> None:
         task = asyncio.create_task(ticker())
         try:
             started = time.monotonic()
-            with pytest.raises(StorageUnavailable):
+            with pytest.raises(StoreError):
                 await storage.exists(KEY)
             waited = time.monotonic() - started
         finally:
@@ -284,7 +284,7 @@ async def test_readyz_on_s3_reports_a_bucket_that_went_away(moto_server, tmp_pat
         assert response.status_code == 503
         assert response.json()["checks"] == {
             "database": "ok",
-            "storage": "unavailable (StorageUnavailable)",
+            "storage": "unavailable (StoreError)",
         }
 
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from app.api.caching import client_has, etag_of
 from app.api.deps import (
-    BaseUrl,
     CurrentUser,
     PathUserId,
     PipelineOptionsDep,
@@ -23,8 +19,9 @@ from app.api.deps import (
     UploadingUser,
 )
 from app.api.idempotency import IdempotencyDep, upload_parts
+from app.api.presenter import DocumentDep, check_inline_name
 from app.api.problems import problem_responses
-from app.api.schemas import AvatarPublic, InlineImage
+from app.api.schemas import AvatarPublic
 from app.api.upload import (
     BASE64_FIELD,
     FILE_FIELD,
@@ -33,11 +30,8 @@ from app.api.upload import (
     read_upload,
 )
 from app.core import errors
-from app.core.config import Settings
-from app.db.models import Avatar
-from app.imaging.pipeline import CropBox, PipelineOptions, parse_crop
+from app.imaging.pipeline import CropBox, parse_crop
 from app.services import avatars as service
-from app.storage.base import Storage
 
 router = APIRouter(tags=["avatars"])
 
@@ -116,93 +110,6 @@ class AvatarPatch(BaseModel):
     )
 
 
-@dataclass(frozen=True)
-class DocumentWriter:
-    """Renders an avatar document for this request: URLs for its base, ``?inline``, an ETag,
-    and 304 when the client has the document already."""
-
-    request: Request
-    storage: Storage
-    settings: Settings
-    base_url: str
-
-    async def __call__(
-        self,
-        avatar: Avatar,
-        *,
-        inline: str | None,
-        public: bool,
-        status_code: int = 200,
-        committed: bool = False,
-    ) -> Response:
-        """``committed``: the request has changed the avatar already, so nothing may turn its
-        answer into an error any more: an inline image that cannot be given is left out, and
-        ``inline_omitted`` says why."""
-        document = AvatarPublic.build(avatar, storage=self.storage, base_url=self.base_url)
-        if inline is not None:
-            try:
-                document.inline = await _inline(
-                    avatar, inline, storage=self.storage, settings=self.settings
-                )
-            except (errors.InvalidRequest, errors.ServiceUnavailable) as exc:
-                if not committed:
-                    raise
-                document.inline_omitted = f"{exc.code}: {exc.detail}"
-        body = document.model_dump_json().encode()
-        etag = etag_of(body)
-        headers = {
-            "ETag": etag,
-            # Revalidate every time (cheap with If-None-Match): the avatar may change any time.
-            "Cache-Control": ("public" if public else "private") + ", no-cache",
-        }
-        if status_code == 200 and client_has(self.request, etag):
-            return Response(status_code=304, headers=headers)
-        return Response(
-            body, status_code=status_code, media_type="application/json", headers=headers
-        )
-
-
-def get_document_writer(
-    request: Request, storage: StorageDep, settings: SettingsDep, base_url: BaseUrl
-) -> DocumentWriter:
-    return DocumentWriter(request, storage, settings, base_url)
-
-
-DocumentDep = Annotated[DocumentWriter, Depends(get_document_writer)]
-
-
-async def _inline(
-    avatar: Avatar, name: str, *, storage: Storage, settings: Settings
-) -> InlineImage:
-    try:
-        variant = avatar.variant(name)
-    except KeyError:
-        names = ", ".join(v["name"] for v in avatar.variants)
-        raise errors.UnknownVariant(f"No variant {name!r}; this avatar has: {names}.") from None
-    if variant["bytes"] > settings.inline_max_bytes:
-        raise errors.InlineTooLarge(
-            f"The {name!r} image is {variant['bytes']} bytes; at most "
-            f"{settings.inline_max_bytes} are inlined. Use a smaller variant or its URL."
-        )
-    try:
-        data = await storage.get(variant["key"])
-    except FileNotFoundError:
-        raise errors.StorageUnavailableError("A stored file is missing.") from None
-    encoded = base64.b64encode(data).decode("ascii")
-    return InlineImage(
-        variant=name, data_uri=f"data:{variant['content_type']};base64,{encoded}", bytes=len(data)
-    )
-
-
-def check_inline_name(name: str | None, options: PipelineOptions) -> None:
-    """Refuse, before any work, a variant name no avatar made with these settings can have."""
-    if name is None:
-        return
-    known = ["original", *(square for square, _side in options.squares()), "still"]
-    if name not in known:
-        raise errors.UnknownVariant(f"No variant {name!r}; avatars have: {', '.join(known)}.")
-
-
 def _crop_box(value: str | list[int] | None) -> CropBox | None:
     if value is None:
         return None
@@ -237,7 +144,7 @@ _UPLOAD_ERRORS = (
     errors.InlineTooLarge,
     errors.RateLimited,
     errors.ServerBusy,
-    errors.StorageUnavailableError,
+    errors.StorageUnavailable,
     errors.InsufficientStorage,
     errors.DatabaseUnavailable,
     *IDEMPOTENCY_ERRORS,
@@ -287,7 +194,7 @@ async def upload_avatar(
                 avatar = await service.replace_avatar(
                     sessions=sessions,
                     storage=storage,
-                    pool=pool,
+                    pool=place,  # the place reserved before the body was read
                     options=options,
                     user_id=user_id,
                     upload=upload.data,
@@ -330,7 +237,7 @@ PATCH_MAX_BYTES = 4096
             errors.InvalidRequest,
             errors.RateLimited,
             errors.ServerBusy,
-            errors.StorageUnavailableError,
+            errors.StorageUnavailable,
             errors.InsufficientStorage,
             errors.DatabaseUnavailable,
             *IDEMPOTENCY_ERRORS,
@@ -367,7 +274,7 @@ async def update_avatar_crop(
                 avatar = await service.recrop_avatar(
                     sessions=sessions,
                     storage=storage,
-                    pool=pool,
+                    pool=place,  # the place reserved before the body was read
                     options=options,
                     user_id=user_id,
                     crop=box,

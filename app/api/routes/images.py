@@ -8,12 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from app.api.caching import client_has, etag_of
+from app.api.caching import image_response
 from app.api.deps import DefaultImagesDep, PathUserId, SessionsDep, SettingsDep, StorageDep
 from app.api.problems import problem_responses
-from app.api.routes.media import MEDIA_CSP
 from app.core import errors
-from app.db.models import Avatar
 from app.services import avatars as service
 
 router = APIRouter(tags=["avatars"])
@@ -22,27 +20,11 @@ DEFAULT_SIZE = 80  # as Gravatar
 MAX_DEFAULT_SIZE = 1024
 
 
-def pick_square(avatar: Avatar, size: int) -> dict:
-    """The smallest stored square at least ``size`` px, else the largest one."""
-    squares = sorted(
-        (v for v in avatar.variants if v["name"].startswith("thumb")), key=lambda v: v["width"]
-    )
-    return next((v for v in squares if v["width"] >= size), squares[-1])
-
-
 def _image(request: Request, data: bytes, *, max_age: int, content_type: str) -> Response:
-    etag = etag_of(data)
-    headers = {
-        "ETag": etag,
-        # The URL stays the same when the avatar changes: cache it briefly, then revalidate.
-        "Cache-Control": f"public, max-age={max_age}",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": MEDIA_CSP,
-        "Cross-Origin-Resource-Policy": "cross-origin",
-    }
-    if client_has(request, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(data, media_type=content_type, headers=headers)
+    # The URL stays the same when the avatar changes: cache it briefly, then revalidate.
+    return image_response(
+        request, data, content_type=content_type, cache_control=f"public, max-age={max_age}"
+    )
 
 
 @router.get(
@@ -85,14 +67,14 @@ async def read_avatar_image(
         data = await defaults.image(default, user_id, side, client=client)
         return _image(request, data, max_age=max_age, content_type="image/webp")
 
-    square = pick_square(avatar, size)
-    if storage.serves_objects:
-        url = storage.url(square["key"], base_url=str(request.base_url).rstrip("/"))
+    square = avatar.variants.square_for(size)
+    url = storage.object_url(square.key)
+    if url is not None:
         return RedirectResponse(
             url, status_code=302, headers={"Cache-Control": f"public, max-age={max_age}"}
         )
     try:
-        data = await storage.get(square["key"])
+        data = await storage.get(square.key)
     except FileNotFoundError:
-        raise errors.StorageUnavailableError("A stored file is missing.") from None
-    return _image(request, data, max_age=max_age, content_type=square["content_type"])
+        raise errors.StorageUnavailable("A stored file is missing.") from None
+    return _image(request, data, max_age=max_age, content_type=square.content_type)

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.caching import client_has, etag_of
+from app.api.caching import IMMUTABLE, image_response
 from app.api.deps import StorageDep
 from app.api.problems import problem_responses
 from app.core.errors import ResourceNotFound
 from app.storage.base import content_type_for, is_valid_key
 
 router = APIRouter(tags=["media"])
-
-IMMUTABLE = "public, max-age=31536000, immutable"
-# The files are images: nothing in them may run, load or frame anything.
-MEDIA_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
 @router.get(
@@ -35,14 +31,6 @@ async def read_media(key: str, request: Request, storage: StorageDep) -> Respons
         data = await storage.get(key)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ResourceNotFound("No such file.") from None
-    etag = etag_of(data)
-    headers = {
-        "ETag": etag,
-        "Cache-Control": IMMUTABLE,
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": MEDIA_CSP,
-        "Cross-Origin-Resource-Policy": "cross-origin",
-    }
-    if client_has(request, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(data, media_type=content_type_for(key), headers=headers)
+    return image_response(
+        request, data, content_type=content_type_for(key), cache_control=IMMUTABLE
+    )

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import RuntimeDep
 
 router = APIRouter(tags=["operations"])
 
@@ -12,6 +14,6 @@ router = APIRouter(tags=["operations"])
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."}},
 )
-async def read_metrics(request: Request) -> Response:
-    body = generate_latest(request.app.state.metrics.registry)
+async def read_metrics(runtime: RuntimeDep) -> Response:
+    body = generate_latest(runtime.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
