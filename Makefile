@@ -95,9 +95,11 @@ bench: install
 stress: install
 	$(BIN)/python -m benchmarks.stress $(STRESS_ARGS)
 
+# Style (ruff) and types (mypy, strict for app/; its settings are in pyproject.toml).
 lint: install
 	$(BIN)/ruff check app tests alembic benchmarks cluster
 	$(BIN)/ruff format --check app tests alembic benchmarks cluster
+	$(BIN)/python -m mypy
 
 format: install
 	$(BIN)/ruff format app tests alembic benchmarks cluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
 
     original_openapi = app.openapi
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = original_openapi()
             schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (

@@ -83,9 +83,11 @@ class Idempotency:
         """``work()``'s response; with a key, the kept one when this is a retry."""
         if self.key is None:
             return await work()
-        identity = {"sessions": self.sessions, "user_id": self.user_id, "key": self.key}
+        sessions, user_id, key = self.sessions, self.user_id, self.key
         held = await service.claim(
-            **identity,
+            sessions=sessions,
+            user_id=user_id,
+            key=key,
             fingerprint=fingerprint(self.request, parts),
             ttl=self.ttl,
             lock_timeout=self.lock_timeout,
@@ -99,7 +101,7 @@ class Idempotency:
         try:
             response = await work()
         except BaseException:
-            await service.release(**identity, owner=held.owner)
+            await service.release(sessions=sessions, user_id=user_id, key=key, owner=held.owner)
             raise
         if 200 <= response.status_code < 300:
             kept = service.StoredResponse(
@@ -107,9 +109,11 @@ class Idempotency:
                 {k: v for k, v in response.headers.items() if k in KEPT_HEADERS},
                 bytes(response.body),
             )
-            await service.complete(**identity, owner=held.owner, response=kept)
+            await service.complete(
+                sessions=sessions, user_id=user_id, key=key, owner=held.owner, response=kept
+            )
         else:
-            await service.release(**identity, owner=held.owner)
+            await service.release(sessions=sessions, user_id=user_id, key=key, owner=held.owner)
         return response
 
 

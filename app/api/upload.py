@@ -15,7 +15,7 @@ import binascii
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -56,7 +56,7 @@ def check_declared_length(request: Request, limit: int) -> None:
 
 async def limited_stream(
     request: Request, limit: int, *, idle_timeout: float, total_timeout: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The body, cut off past ``limit`` bytes, after ``idle_timeout`` seconds without a byte, or
     after ``total_timeout`` seconds in all: a client trickling a byte at a time holds its
     connection, and the image-pool place reserved for it, for a bounded time only."""
@@ -96,7 +96,7 @@ async def read_upload(
     part) or JSON (``image_base64``, plain base64 or a ``data:`` URI)."""
     content_type = request.headers.get("content-type", "").lower()
 
-    def body(limit: int) -> AsyncIterator[bytes]:
+    def body(limit: int) -> AsyncGenerator[bytes, None]:
         check_declared_length(request, limit)
         return limited_stream(
             request, limit, idle_timeout=idle_timeout, total_timeout=total_timeout
@@ -111,7 +111,9 @@ async def read_upload(
     )
 
 
-async def _read_multipart(request: Request, stream: AsyncIterator[bytes], max_bytes: int) -> Upload:
+async def _read_multipart(
+    request: Request, stream: AsyncGenerator[bytes, None], max_bytes: int
+) -> Upload:
     parser = MultiPartParser(
         request.headers, stream, max_files=1, max_fields=8, max_part_size=64 * 1024
     )

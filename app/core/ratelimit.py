@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import Storage as LimitsStorage
@@ -49,7 +50,7 @@ class UploadRateLimiter:
         self.namespace = namespace
         self.noun = noun
         uri = limits_storage_uri(redis_url)
-        options: dict[str, object] = {}
+        options: dict[str, Any] = {}
         self._redis_pool = None
         if redis_url:
             import redis.asyncio
@@ -72,7 +73,10 @@ class UploadRateLimiter:
                 "key_prefix": "avatar",
                 "connection_pool": self._redis_pool,
             }
-        self.storage: LimitsStorage = storage_from_string(uri, **options)
+        storage = storage_from_string(uri, **options)
+        if not isinstance(storage, LimitsStorage):  # an async:// URI makes an async storage
+            raise TypeError(f"{uri} is not an asynchronous storage")
+        self.storage = storage
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     async def close(self) -> None:

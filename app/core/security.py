@@ -137,7 +137,7 @@ class TokenVerifier:
                 f"({self.settings.jwt_max_lifetime_seconds} s)."
             )
 
-    def _key_for(self, algorithm: str, token: str) -> object:
+    def _key_for(self, algorithm: str, token: str) -> Any:
         if algorithm == "HS256":
             return self.secret
         if self.jwks is not None:

@@ -18,6 +18,7 @@ import threading
 from typing import NamedTuple
 
 import cv2
+import cv2.data as cv2_data
 import numpy as np
 from PIL import Image
 
@@ -56,9 +57,9 @@ class Face(NamedTuple):
 def _classifier(name: str = CASCADE) -> cv2.CascadeClassifier:
     # A classifier is not shared between threads: each worker thread loads its own, once.
     loaded = _local.__dict__.setdefault("classifiers", {})
-    classifier = loaded.get(name)
+    classifier: cv2.CascadeClassifier | None = loaded.get(name)
     if classifier is None:
-        classifier = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+        classifier = cv2.CascadeClassifier(cv2_data.haarcascades + name)
         if classifier.empty():
             raise RuntimeError(f"the face detector {name} could not be loaded")
         loaded[name] = classifier

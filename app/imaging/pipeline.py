@@ -927,7 +927,8 @@ def resample(image: Image.Image, size: tuple[int, int], box: Box) -> Image.Image
     if size == (box[2] - box[0], box[3] - box[1]) and all(float(v).is_integer() for v in box):
         if box == (0, 0, *image.size):
             return image
-        return image.crop(tuple(int(v) for v in box))
+        left, top, right, bottom = (int(v) for v in box)
+        return image.crop((left, top, right, bottom))
     return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
 
 
@@ -967,7 +968,7 @@ def encode_all(
             same = by_side[side]
         else:
             same = by_side[side] = encode(
-                animation(lambda r, i=index: r.squares[i]),
+                [frame.squares[index] for frame in rendered],
                 name,
                 quality=options.thumbnail_quality,
                 method=options.square_method,

@@ -50,8 +50,9 @@ def _dominant(rgb: Image.Image) -> str:
     """The most frequent colour after reducing the picture to a few: the colour a person would
     name, where an average of a red shirt and a blue sky would be neither."""
     quantized = rgb.quantize(PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
-    palette = quantized.getpalette() or []
+    palette: list[int] = quantized.getpalette() or []
     counts = quantized.getcolors(PALETTE_COLOURS) or [(1, 0)]
     _count, index = max(counts)
+    assert isinstance(index, int)  # a palette image's colours are palette indexes
     red, green, blue = palette[index * 3 : index * 3 + 3]
     return f"#{red:02x}{green:02x}{blue:02x}"

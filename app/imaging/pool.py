@@ -166,7 +166,7 @@ class WorkerPool:
         self._initializer, self._initargs = initializer, initargs
         self._observe = observe
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(preload())  # type: ignore[attr-defined]
+        self._context.set_forkserver_preload(preload())
         # The forkserver (one a process) starts in the background: the first job only forks.
         threading.Thread(target=forkserver.ensure_running, daemon=True).start()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imaging")

@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast, get_args
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -36,6 +36,7 @@ from app.core.errors import (
 from app.core.variants import ORIGINAL, StoredVariant, VariantSet, object_key
 from app.db.models import Avatar, utcnow
 from app.db.session import READ_ONLY
+from app.imaging.autocrop import CropSource
 from app.imaging.pipeline import (
     CropBox,
     PipelineOptions,
@@ -197,9 +198,13 @@ def _stored_source(avatar: Avatar) -> str | None:
     return "client" if avatar.crop else None
 
 
-def crop_source(avatar: Avatar) -> str:
+def crop_source(avatar: Avatar) -> CropSource:
     """What chose the avatar's crop, for any row, old ones included."""
-    return _stored_source(avatar) or "centre"
+    stored = _stored_source(avatar)
+    for source in get_args(CropSource):
+        if stored == source:
+            return cast(CropSource, source)
+    return "centre"
 
 
 def _crop_fields(processed: ProcessedImage) -> dict[str, Any]:

@@ -76,7 +76,9 @@ class SelfTest:
         """The last report if it is younger than the interval, else a new one (one at a time:
         callers that arrive meanwhile wait for it and share it)."""
         async with self._lock:
-            if self._report is None or time.monotonic() - self._ran_at >= self.interval:
-                self._report = await self.pool.run(run_selftest, self.options)
-                self._ran_at = time.monotonic()
-            return self._report
+            report = self._report
+            if report is not None and time.monotonic() - self._ran_at < self.interval:
+                return report
+            fresh = await self.pool.run(run_selftest, self.options)
+            self._report, self._ran_at = fresh, time.monotonic()
+            return fresh

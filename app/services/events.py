@@ -126,7 +126,10 @@ class DeliveryFailed(Exception):
 class Target(Protocol):
     """Where deliveries go: a webhook endpoint or the CDN purge."""
 
-    key: str
+    @property
+    def key(self) -> str:
+        """What the deliveries to it are recorded under."""
+        ...
 
     def wants(self, event_type: str) -> bool: ...
 

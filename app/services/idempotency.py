@@ -23,8 +23,9 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -181,7 +182,7 @@ async def expired_keys(
     async with sessions() as session, session.begin():
         if apply:
             result = await session.execute(delete(IdempotencyKey).where(expired))
-            return result.rowcount or 0
+            return cast(CursorResult[Any], result).rowcount or 0
         return await session.scalar(select(func.count()).where(expired)) or 0
 
 

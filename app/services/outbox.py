@@ -31,7 +31,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,7 +100,7 @@ def _is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _due(now: datetime, targets: Sequence[str], limit: int) -> Select[tuple[OutboxDelivery]]:
+def _due(now: datetime, targets: Sequence[str], limit: int) -> Select[OutboxDelivery]:
     d = OutboxDelivery
     earlier = aliased(OutboxDelivery)
     earlier_pending = exists().where(
@@ -381,8 +381,8 @@ async def dispatching(
         await task
 
 
-async def _first(*waits: object) -> None:
-    tasks = [asyncio.ensure_future(wait) for wait in waits]  # type: ignore[arg-type]
+async def _first(*waits: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from app.core.errors import ImageError
-from app.imaging.pipeline import PipelineOptions, process_image
+from app.imaging.pipeline import PipelineOptions, ProcessedImage, process_image
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Sample:
     name: str
     make: Callable[[], bytes]
     expect: str  # "accepted" or the error code
-    check: Callable[[object], bool] = lambda result: True
+    check: Callable[[ProcessedImage], bool] = lambda result: True
 
 
 def _save(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -84,5 +84,6 @@ class Storage(Protocol):
 async def no_partial_writes() -> AsyncIterator[StoredObject]:
     """The ``list_partial`` of a store whose writes are atomic: an interrupted put leaves
     nothing behind."""
-    for obj in ():
+    nothing: tuple[StoredObject, ...] = ()
+    for obj in nothing:
         yield obj

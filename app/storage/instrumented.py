@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from app.core.metrics import Metrics
 from app.storage.base import Storage, StoredObject
+
+T = TypeVar("T")
 
 
 class InstrumentedStorage:
@@ -17,7 +19,7 @@ class InstrumentedStorage:
         self.inner = inner
         self.metrics = metrics
 
-    async def _observe(self, operation: str, call: Any) -> Any:
+    async def _observe(self, operation: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
         try:
             return await call

@@ -149,7 +149,8 @@ class S3Storage:
     def _get(self, object_key: str) -> bytes:
         body = self.client.get_object(Bucket=self.bucket, Key=object_key)["Body"]
         try:
-            return body.read()
+            data: bytes = body.read()
+            return data
         finally:
             body.close()
 
@@ -201,7 +202,8 @@ class S3Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if token:
             params["ContinuationToken"] = token
-        return self.client.list_objects_v2(**params)
+        page: dict[str, Any] = self.client.list_objects_v2(**params)
+        return page
 
     def list_partial(self, prefix: str = "") -> AsyncIterator[StoredObject]:
         # One PutObject per object: S3 stores all of it or nothing, so a put cut off by a
@@ -218,11 +220,12 @@ class S3Storage:
         # Signing is local computation; it only touches the network when instance-role
         # credentials are due for a refresh, which boto3 does ahead of expiry.
         try:
-            return self.client.generate_presigned_url(
+            url: str = self.client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._object_key(key)},
                 ExpiresIn=self.presign_ttl,
             )
+            return url
         except _CLIENT_ERRORS as exc:
             raise self._unavailable(f"presign {key}", exc) from exc
 
