@@ -26,40 +26,46 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT whose `sub` is the use
 MAX_AUTHORIZATION_BYTES = 8192
 
 
-def get_runtime(request: Request) -> ServiceRuntime:
+def runtime_of(request: Request) -> ServiceRuntime:
     """The long-lived objects, built once in the lifespan (``app.services.serving``)."""
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime
 
 
+# Dependencies are ``async def``, even those that never wait: FastAPI runs a plain ``def`` one
+# in its thread pool, a hop per dependency per request.
+async def get_runtime(request: Request) -> ServiceRuntime:
+    return runtime_of(request)
+
+
 RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
-def get_sessions(runtime: RuntimeDep) -> async_sessionmaker[AsyncSession]:
+async def get_sessions(runtime: RuntimeDep) -> async_sessionmaker[AsyncSession]:
     return runtime.sessions
 
 
-def get_storage(runtime: RuntimeDep) -> Storage:
+async def get_storage(runtime: RuntimeDep) -> Storage:
     return runtime.storage
 
 
-def get_pool(runtime: RuntimeDep) -> WorkerPool:
+async def get_pool(runtime: RuntimeDep) -> WorkerPool:
     return runtime.pool
 
 
-def get_pipeline_options(runtime: RuntimeDep) -> PipelineOptions:
+async def get_pipeline_options(runtime: RuntimeDep) -> PipelineOptions:
     return runtime.options
 
 
-def get_default_images(runtime: RuntimeDep) -> DefaultImages:
+async def get_default_images(runtime: RuntimeDep) -> DefaultImages:
     return runtime.default_images
 
 
-def get_selftest(runtime: RuntimeDep) -> SelfTest:
+async def get_selftest(runtime: RuntimeDep) -> SelfTest:
     return runtime.selftest
 
 
@@ -80,7 +86,7 @@ async def get_current_user(
         raise NotAuthenticated("A bearer token is required.")
     if len(request.headers["authorization"]) > MAX_AUTHORIZATION_BYTES:
         raise NotAuthenticated(f"The Authorization header is over {MAX_AUTHORIZATION_BYTES} bytes.")
-    verifier = get_runtime(request).verifier
+    verifier = runtime_of(request).verifier
     if verifier.needs_network:  # a JWKS fetch must not block the event loop
         user_id = await anyio.to_thread.run_sync(verifier.verify, credentials.credentials)
     else:
@@ -92,7 +98,7 @@ async def get_current_user(
 CurrentUser = Annotated[str, Depends(get_current_user)]
 
 
-def get_path_user_id(user_id: str) -> str:
+async def get_path_user_id(user_id: str) -> str:
     """A ``{user_id}`` of the path in its canonical form; no avatar can belong to an id no token
     could carry (a NUL, a newline, ``/``, ``me``...), so those are 404 before any query."""
     try:
@@ -106,7 +112,7 @@ PathUserId = Annotated[str, Depends(get_path_user_id)]
 
 async def get_uploading_user(request: Request, user_id: CurrentUser) -> str:
     """The authenticated user, counted against the upload rate limit (before the body is read)."""
-    limiter = get_runtime(request).upload_limiter
+    limiter = runtime_of(request).upload_limiter
     if limiter is not None:
         await limiter.hit(user_id)
     return user_id
@@ -115,7 +121,7 @@ async def get_uploading_user(request: Request, user_id: CurrentUser) -> str:
 UploadingUser = Annotated[str, Depends(get_uploading_user)]
 
 
-def get_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_base_url(request: Request, settings: SettingsDep) -> str:
     """Prefix of returned URLs: the configured public base URL, else the request's own."""
     return settings.public_base_url or str(request.base_url).rstrip("/")
 

@@ -165,7 +165,7 @@ class DocumentWriter:
         )
 
 
-def get_document_writer(
+async def get_document_writer(
     request: Request, storage: StorageDep, settings: SettingsDep, base_url: BaseUrl
 ) -> DocumentWriter:
     return DocumentWriter(request, storage, settings, base_url)
