@@ -92,15 +92,15 @@ def image_of(data: bytes) -> Image.Image:
 
 def assert_current(avatar: Avatar, store: dict[str, bytes], squares: dict[str, int]) -> None:
     """The row lists the original and exactly ``squares``, and each object is that WebP."""
-    assert {v["name"] for v in avatar.variants} == {"original", *squares}
+    assert set(avatar.variants.names) == {"original", *squares}
     for variant in avatar.variants:
-        image = image_of(store[variant["key"]])
+        image = image_of(store[variant.key])
         assert image.format == "WEBP"
-        assert image.size == (variant["width"], variant["height"])
-        assert len(store[variant["key"]]) == variant["bytes"]
-        if variant["name"] in squares:
-            side = squares[variant["name"]]
-            assert image.size == (side, side), variant["name"]
+        assert image.size == (variant.width, variant.height)
+        assert len(store[variant.key]) == variant.bytes
+        if variant.name in squares:
+            side = squares[variant.name]
+            assert image.size == (side, side), variant.name
 
 
 def referenced(avatars: dict[str, Avatar]) -> set[str]:
@@ -207,8 +207,8 @@ async def test_import_stores_good_files_and_reports_each_reject(
     assert set(store) == referenced(avatars)  # rejects left nothing behind
     squares = {"thumb": 400, "thumb-256": 256, "thumb-128": 128, "thumb-64": 64}
     assert_current(alice, store, squares)
-    assert "exif" not in image_of(store[alice.variant("original")["key"]]).info
-    assert image_of(store[avatars["bob"].variant("original")["key"]]).size == (300, 200)
+    assert "exif" not in image_of(store[alice.variants.original.key]).info
+    assert image_of(store[avatars["bob"].variants.original.key]).size == (300, 200)
 
 
 async def test_import_dry_run_stores_nothing_and_skip_existing_continues(
@@ -300,7 +300,7 @@ async def test_reprocess_derives_every_avatar_again_with_the_current_sizes(
     assert set(store) == referenced(avatars), "old squares are deleted, nothing else"
     for user in users:
         assert avatars[user].version != before[user].version
-        assert avatars[user].variant("original") == before[user].variant("original")
+        assert avatars[user].variants.original == before[user].variants.original
         assert_current(avatars[user], store, AFTER_SQUARES)
     assert avatars["ben"].crop == [10, 20, 320, 320]
     assert not checkpoint_path(settings).exists()
@@ -354,7 +354,7 @@ async def test_reprocess_auto_crop_proposes_crops_and_leaves_client_crops_alone(
         x, y, side, _ = avatar.crop  # the original is 1200x600: its pixels are the photo's
         assert x <= face_x and y <= face_y
         assert face_x + face_w <= x + side and face_y + face_h <= y + side
-        assert avatar.variant("original") == before[user].variant("original")
+        assert avatar.variants.original == before[user].variants.original
     assert avatars["ben"].crop == [0, 0, 500, 500] and avatars["ben"].crop_source == "client"
     assert avatars["ben"].version == before["ben"].version
     assert set(await objects(settings)) == referenced(avatars)
@@ -367,7 +367,7 @@ async def test_reprocess_retries_failed_users_then_continues_after_the_checkpoin
     users = ["ann", "ben", "cat", "dan"]
     await make_avatars(settings, users)
     before = await rows(settings)
-    lost_key = before["ben"].variant("original")["key"]
+    lost_key = before["ben"].variants.original.key
     lost = (await objects(settings))[lost_key]
     storage = build_storage(settings)
     try:
