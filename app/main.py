@@ -21,12 +21,6 @@ from app.api.upload import ENVELOPE_BYTES, base64_limit
 from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.services.outbox import dispatching
-from app.services.runtime import (  # noqa: F401 (callers import these from here)
-    check_storage,
-    close_storage,
-    open_runtime,
-    pipeline_options,
-)
 from app.services.serving import open_service_runtime
 from app.storage import Storage
 
