@@ -26,7 +26,15 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from benchmarks.photo import phone_photo
-from benchmarks.server import Client, Server, get, multipart, percentile, spawned_server
+from benchmarks.server import (
+    Client,
+    Server,
+    get,
+    multipart,
+    percentile,
+    scratch_postgres,
+    spawned_server,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 READ_CLIENTS = 4
@@ -189,20 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.postgres_url:
         run(uploads=args.uploads, reads=args.reads, database_url=None)
         return
-    import asyncio
-    import uuid
-
-    from sqlalchemy.engine import make_url
-
-    from cluster.local import create_database, drop_database
-
-    name = f"avatar_capacity_{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_database(args.postgres_url, name))
-    url = make_url(args.postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_postgres(args.postgres_url, "avatar_capacity") as url:
         run(uploads=args.uploads, reads=args.reads, database_url=url)
-    finally:
-        asyncio.run(drop_database(args.postgres_url, name))
 
 
 if __name__ == "__main__":

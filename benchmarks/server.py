@@ -50,6 +50,24 @@ class Server:
         return create_token(settings, user_id, ttl_seconds=3600)
 
 
+@contextmanager
+def scratch_postgres(postgres_url: str, prefix: str) -> Iterator[str]:
+    """A database of its own on the PostgreSQL server behind ``postgres_url``, for one run:
+    its URL, dropped afterwards."""
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+
+    from cluster.local import create_database, drop_database
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_database(postgres_url, name))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(drop_database(postgres_url, name))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
