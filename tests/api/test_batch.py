@@ -262,3 +262,13 @@ def test_openapi_declares_the_answers_and_every_code(app) -> None:
             assert f"`{code}`" in operation["responses"]["422"]["description"]
     assert "`body_too_large`" in post["responses"]["413"]["description"]
     assert "`precondition_failed`" in post["responses"]["412"]["description"]
+
+
+async def test_the_lookup_route_leaves_a_user_named_lookup_their_image(client, auth) -> None:
+    assert (await upload(client, auth, user="lookup")).status_code == 201
+    image = await client.get("/avatars/lookup", params={"size": 64})
+    assert image.status_code == 200
+    assert image.headers["content-type"].startswith("image/")
+    posted = await client.post(LOOKUP, json={"user_ids": ["lookup"]})
+    assert posted.json()["avatars"]["lookup"] == await single(client, "lookup")
+    assert_problem(await client.post("/avatars/lookup2", json={}), 405, "method_not_allowed")
