@@ -15,11 +15,20 @@ from fastapi import FastAPI
 from sqlalchemy import event
 
 from app.api.routes.batch import LOOKUP_MAX_BYTES, MAX_USER_IDS
+from app.core.config import Settings
 from app.db.models import Avatar
 from tests.client import assert_problem, upload
+from tests.conftest import make_settings
 
 LOOKUP = "/avatars/lookup"
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+@pytest.fixture
+def settings(tmp_path, database_url: str) -> Settings:
+    """The suite's settings without the event dispatcher, which polls the outbox on the same
+    engine whenever it likes: the statements counted are then the requests' own."""
+    return make_settings(tmp_path, database_url=database_url, events_dispatcher=False)
 
 
 @contextmanager

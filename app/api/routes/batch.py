@@ -24,7 +24,8 @@ from app.services import avatars as service
 
 router = APIRouter(tags=["avatars"])
 
-# One answer stays one small query and a body of some hundred KB at most.
+# One answer stays one small query and a body of a few hundred KB at most (about 2 KB a
+# document).
 MAX_USER_IDS = 100
 USER_ID_PARAM = "user_id"
 # The longest ids (255 characters of 4 UTF-8 bytes each), quoted and separated, in the JSON
