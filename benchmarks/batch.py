@@ -29,7 +29,14 @@ from urllib.parse import quote, urlencode
 
 from benchmarks.capacity import cpu_seconds
 from benchmarks.photo import phone_photo
-from benchmarks.server import Client, Server, multipart, scratch_postgres, spawned_server
+from benchmarks.server import (
+    Client,
+    Server,
+    add_postgres_option,
+    multipart,
+    scratch_postgres,
+    spawned_server,
+)
 
 
 @dataclass
@@ -204,15 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=100, help="users in the list (at most 100)")
     parser.add_argument("--rounds", type=int, default=10, help="measured rounds")
     parser.add_argument("--repeat", type=int, default=5, help="reads of each way per round")
-    parser.add_argument(
-        "--postgres-url",
-        default="",
-        help="a PostgreSQL server to use; a database is made on it for the run and dropped after",
-    )
+    add_postgres_option(parser)
     args = parser.parse_args(argv)
-    if not args.postgres_url:
-        run(users=args.users, rounds=args.rounds, repeat=args.repeat)
-        return
     with scratch_postgres(args.postgres_url, "avatar_batch") as url:
         run(users=args.users, rounds=args.rounds, repeat=args.repeat, database_url=url)
 

@@ -29,6 +29,7 @@ from benchmarks.photo import phone_photo
 from benchmarks.server import (
     Client,
     Server,
+    add_postgres_option,
     get,
     multipart,
     percentile,
@@ -188,15 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__)
     parser.add_argument("--uploads", type=int, default=8, help="measured uploads per input")
     parser.add_argument("--reads", type=int, default=2000, help="measured reads per kind")
-    parser.add_argument(
-        "--postgres-url",
-        default="",
-        help="a PostgreSQL server to use; a database is made on it for the run and dropped after",
-    )
+    add_postgres_option(parser)
     args = parser.parse_args(argv)
-    if not args.postgres_url:
-        run(uploads=args.uploads, reads=args.reads, database_url=None)
-        return
     with scratch_postgres(args.postgres_url, "avatar_capacity") as url:
         run(uploads=args.uploads, reads=args.reads, database_url=url)
 

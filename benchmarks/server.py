@@ -8,6 +8,7 @@ read from ``/proc``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -50,10 +51,21 @@ class Server:
         return create_token(settings, user_id, ttl_seconds=3600)
 
 
+def add_postgres_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres-url",
+        default="",
+        help="a PostgreSQL server to use; a database is made on it for the run and dropped after",
+    )
+
+
 @contextmanager
-def scratch_postgres(postgres_url: str, prefix: str) -> Iterator[str]:
+def scratch_postgres(postgres_url: str, prefix: str) -> Iterator[str | None]:
     """A database of its own on the PostgreSQL server behind ``postgres_url``, for one run:
-    its URL, dropped afterwards."""
+    its URL, dropped afterwards. None without a server (the server's default, SQLite)."""
+    if not postgres_url:
+        yield None
+        return
     import asyncio
 
     from sqlalchemy.engine import make_url
