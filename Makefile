@@ -90,6 +90,7 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline --wins
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.pool
+	$(BIN)/python -m benchmarks.batch
 
 # 100 clients upload a 10 MB photo at once to a server started for it (SECURITY.md); exits
 # non-zero when a rule breaks. CI runs a reduced version (tests/security/test_stress.py).

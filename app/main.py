@@ -15,7 +15,7 @@ from app.api.middleware import (
     UnreadBodyMiddleware,
 )
 from app.api.problems import install_problem_handlers
-from app.api.routes import avatars, constraints, health, images, media, metrics, web
+from app.api.routes import avatars, batch, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
 from app.api.upload import ENVELOPE_BYTES, base64_limit
 from app.core.config import Settings, get_settings
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     install_problem_handlers(app)
     app.include_router(avatars.router)
     app.include_router(images.router)
+    app.include_router(batch.router)
     app.include_router(constraints.router)
     app.include_router(media.router)
     app.include_router(health.router)
