@@ -78,22 +78,23 @@ def _load(name: str) -> cv2.CascadeClassifier:
             text.replace("featuhreParams", "featureParams"),
             cv2.FILE_STORAGE_READ | cv2.FILE_STORAGE_MEMORY,
         )
-        classifier = cv2.CascadeClassifier()
-        classifier.read(storage.getFirstTopLevelNode())
+        cascade = cv2.CascadeClassifier()
+        cascade.read(storage.getFirstTopLevelNode())
     else:
-        classifier = cv2.CascadeClassifier(cv2_data.haarcascades + name)
-    if classifier.empty():
+        cascade = cv2.CascadeClassifier(cv2_data.haarcascades + name)
+    if cascade.empty():
         raise RuntimeError(f"the face detector {name} could not be loaded")
-    return classifier
+    return cascade
 
 
-def _classifier(name: str) -> cv2.CascadeClassifier:
-    # A classifier is not shared between threads: each worker thread loads its own, once.
+def classifier(name: str) -> cv2.CascadeClassifier:
+    """The cascade ``name`` (``HAAR``, ``PROFILE`` or ``LBP``). A classifier is not shared
+    between threads: each worker thread loads its own, once."""
     loaded = _local.__dict__.setdefault("classifiers", {})
-    classifier: cv2.CascadeClassifier | None = loaded.get(name)
-    if classifier is None:
-        classifier = loaded[name] = _load(name)
-    return classifier
+    found: cv2.CascadeClassifier | None = loaded.get(name)
+    if found is None:
+        found = loaded[name] = _load(name)
+    return found
 
 
 def detect_faces(image: Image.Image) -> list[Face]:
@@ -104,7 +105,7 @@ def detect_faces(image: Image.Image) -> list[Face]:
     grey = cv2.equalizeHist(raw)
     found: list[tuple[float, float, float, float]] = [
         (float(x), float(y), float(w), float(h))
-        for x, y, w, h in _classifier(LBP).detectMultiScale(
+        for x, y, w, h in classifier(LBP).detectMultiScale(
             grey,
             scaleFactor=LBP_STEP,
             minNeighbors=LBP_NEIGHBOURS,
@@ -128,7 +129,7 @@ def _confirmed(grey: np.ndarray, box: tuple[int, int, int, int]) -> bool:
     size = (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale)))
     patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     side = max(WINDOW, round(CONFIRM_FACE * 0.7))
-    found = _classifier(HAAR).detectMultiScale(
+    found = classifier(HAAR).detectMultiScale(
         patch, scaleFactor=CONFIRM_STEP, minNeighbors=CONFIRM_NEIGHBOURS, minSize=(side, side)
     )
     return len(found) > 0
@@ -143,7 +144,7 @@ def _profiles(raw: np.ndarray) -> list[tuple[float, float, float, float]]:
     found: list[tuple[float, float, float, float]] = []
     for flipped in (False, True):
         g = np.ascontiguousarray(grey[:, ::-1]) if flipped else grey
-        for x, y, w, h in _classifier(PROFILE).detectMultiScale(
+        for x, y, w, h in classifier(PROFILE).detectMultiScale(
             g, scaleFactor=PROFILE_STEP, minNeighbors=PROFILE_NEIGHBOURS, minSize=(large, large)
         ):
             left = grey.shape[1] - x - w if flipped else x
