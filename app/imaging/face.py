@@ -38,10 +38,11 @@ DETECT_LONG = 480
 # LBP pass: its 24 px window is the smallest face looked for (a tenth of the copy's short side;
 # the cascade's box is wider than the face's hairline-to-chin box, so faces of 8% are found);
 # each step of the image pyramid is LBP_STEP smaller than the one before; a face is kept when
-# at least LBP_NEIGHBOURS overlapping windows found it.
+# more than LBP_NEIGHBOURS overlapping windows found it (few: the confirmation below turns the
+# false ones away, and small faces are found by few windows).
 LBP_WINDOW = 24
 LBP_STEP = 1.25
-LBP_NEIGHBOURS = 3
+LBP_NEIGHBOURS = 1
 # Confirmation: the frontal Haar cascade, on a patch CONFIRM_MARGIN face widths larger on each
 # side scaled so that the face is CONFIRM_FACE px wide, must find a face there too.
 CONFIRM_MARGIN = 0.5
