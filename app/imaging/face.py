@@ -1,13 +1,13 @@
 """Faces in a picture, found to place its square crop: picture in, boxes out.
 
 Faces are looked for on a grey, histogram-equalised copy whose short side is ``DETECT_SIDE``
-pixels (long side at most ``DETECT_LONG``), by OpenCV's LBP frontal-face cascade: the copy is
-large enough for a face 8% of the short side to fill the cascade's 24 px window, and the LBP
-cascade is about four times as fast as a Haar cascade on it. Each face it finds is confirmed by
-the Haar cascade (``haarcascade_frontalface_alt``) on a small patch around it, which costs
-little and turns most false faces away. When the LBP pass finds none, the Haar cascades look for
-large faces only, frontal and turned aside (``haarcascade_profileface``, both ways round), on a
-copy half as large.
+pixels (long side at most ``DETECT_LONG``), by OpenCV's LBP frontal-face cascade: about four
+times as fast as a Haar cascade on the same copy, which lets the copy be large enough for faces
+of 8% of the short side (the cascade's box is a little wider than the face's hairline-to-chin
+box). Each face it finds is confirmed by the frontal Haar cascade (``haarcascade_frontalface_alt``)
+on a small patch around it, which costs little and turns the false faces away. When the LBP pass
+finds none, the profile Haar cascade (``haarcascade_profileface``, both ways round) looks for
+large faces turned aside on a smaller copy.
 
 The weights come inside packages, nothing is fetched at run time: the Haar cascades in the
 ``opencv-python-headless`` 4.x wheel (``cv2.data``; the 5.x wheels no longer ship them), the LBP

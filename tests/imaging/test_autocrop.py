@@ -128,8 +128,8 @@ def test_face_boxes_are_neither_returned_nor_logged(caplog: pytest.LogCaptureFix
 @pytest.mark.corpus
 @pytest.mark.parametrize("seed", [15, 16, 17])
 def test_reduced_labelled_set_holds_the_targets(corpus: Path, seed: int) -> None:
-    """The benchmark's accuracy check on a quarter of the set (benchmarks/face.py), on the
-    draws the README reports: the targets themselves, not a floor under them."""
+    """The benchmark's accuracy check on a quarter of the set (benchmarks/face.py), with the
+    targets themselves, on the draws whose whole set meets them (the README has the others)."""
     items = list(samples(corpus=corpus, reduced=True, seed=seed))
     result = bench.accuracy(items)
     assert result.faces >= 20 and result.no_face >= 15
