@@ -55,7 +55,7 @@ WINDOW = 20  # the Haar cascades' window
 # turned aside hid it once equalised), both ways round.
 PROFILE_SIDE = 120
 PROFILE_MIN_FACE = 0.25
-PROFILE_STEP = 1.4
+PROFILE_STEP = 1.2
 PROFILE_NEIGHBOURS = 2
 
 # OpenCV's own thread pool would compete with the image pool's threads for the same cores.

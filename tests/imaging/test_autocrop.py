@@ -126,10 +126,10 @@ def test_face_boxes_are_neither_returned_nor_logged(caplog: pytest.LogCaptureFix
 
 
 @pytest.mark.corpus
-@pytest.mark.parametrize("seed", [15, 16, 17])
+@pytest.mark.parametrize("seed", [15, 16, 17, 18, 19])
 def test_reduced_labelled_set_holds_the_targets(corpus: Path, seed: int) -> None:
     """The benchmark's accuracy check on a quarter of the set (benchmarks/face.py), with the
-    targets themselves, on the draws whose whole set meets them (the README has the others)."""
+    targets themselves, on the five draws the README reports."""
     items = list(samples(corpus=corpus, reduced=True, seed=seed))
     result = bench.accuracy(items)
     assert result.faces >= 20 and result.no_face >= 15
