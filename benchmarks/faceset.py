@@ -114,6 +114,9 @@ _SKIMAGE_BACKGROUNDS = ("coffee", "rocket", "grass", "gravel", "brick", "hubble_
 _CANVASES = ((1600, 1200), (1200, 1600), (1400, 1400), (2000, 1000), (1080, 1920))
 # Face width as a share of the picture's short side.
 _SCALES = (0.08, 0.12, 0.18, 0.26, 0.36, 0.45)
+# Composites of each head at each scale, each at its own place, canvas, background, mirror and
+# orientation.
+PER_SCALE = 3
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,15 @@ def default_corpus() -> Path:
 
 
 def samples(
-    *, corpus: Path | None = None, reduced: bool = False, seed: int = 15
+    *,
+    corpus: Path | None = None,
+    reduced: bool = False,
+    seed: int = 15,
+    per_scale: int = PER_SCALE,
 ) -> Iterator[Sample]:
     """Every sample of the set; ``reduced``: a quarter of it (the same pictures as in the whole
     set: every fourth composite and no-face picture, two orientations of each portrait), for a
-    test."""
+    test. ``per_scale``: composites of each head at each face scale."""
     rng = random.Random(seed)
     corpus = corpus if corpus is not None else default_corpus()
     portraits = {name: _load(where, corpus) for name, (where, _box) in _PORTRAITS.items()}
@@ -152,7 +159,7 @@ def samples(
     count = 0
     for name, (head, face) in sorted(heads.items()):
         for scale in _SCALES:
-            for index in range(3):
+            for index in range(per_scale):
                 canvas = rng.choice(_CANVASES)
                 background = rng.choice(found)
                 orientation = rng.randrange(1, 9)

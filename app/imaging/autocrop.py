@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 from PIL import Image
 from smartcrop import SmartCrop
 
-from app.imaging.face import DETECT_LONG, DETECT_SIDE, Face, detect_faces
+from app.imaging.face import DETECT_LONG, DETECT_SIDE, Face, detect_faces, small_copy
 
 AutoCrop = Literal["face", "content", "centre"]
 CropSource = Literal["face", "content", "centre", "client"]
@@ -59,12 +59,8 @@ def propose_square(image: Image.Image, mode: AutoCrop = "face") -> tuple[Square,
     if mode == "centre":
         return centre_square(width, height), "centre"
     # One small copy serves both steps: the proposal never touches the large image again.
-    factor = min(1.0, WORK_SIDE / min(width, height), WORK_LONG / max(width, height))
-    small = image
-    if factor < 1.0:
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        small = image.resize(size, reducing_gap=2.0)
-    small = small.convert("RGB")
+    small = small_copy(image, WORK_SIDE, WORK_LONG).convert("RGB")
+    factor = small.width / width
     if mode == "face":
         faces = [Face(*(v / factor for v in face)) for face in detect_faces(small)]
         if faces:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.imaging.autocrop import Square, centre_square, propose_square
-from app.imaging.face import detect_faces
+from app.imaging.face import LBP, classifier, detect_faces
 from app.imaging.pipeline import CropBox, PipelineOptions, process_image
 from benchmarks import face as bench
 from benchmarks.faceset import samples
@@ -125,19 +125,21 @@ def test_face_boxes_are_neither_returned_nor_logged(caplog: pytest.LogCaptureFix
     }
 
 
-# The face target (95%) is not met yet: 92-97% on draws of the whole set (README). This floor
-# keeps what is reached from going back; raise it to FACE_TARGET once the detector holds it.
-FACE_FLOOR = 0.90
-
-
 @pytest.mark.corpus
-def test_reduced_labelled_set_holds_the_accuracy_floor(corpus: Path) -> None:
-    """The benchmark's accuracy check on a quarter of the set (benchmarks/face.py)."""
-    items = list(samples(corpus=corpus, reduced=True))
+@pytest.mark.parametrize("seed", [15, 16, 17, 18, 19])
+def test_reduced_labelled_set_holds_the_targets(corpus: Path, seed: int) -> None:
+    """The benchmark's accuracy check on a quarter of the set (benchmarks/face.py), with the
+    targets themselves, on the five draws the README reports."""
+    items = list(samples(corpus=corpus, reduced=True, seed=seed))
     result = bench.accuracy(items)
     assert result.faces >= 20 and result.no_face >= 15
-    assert result.inside_rate >= FACE_FLOOR, bench.report(result, "reduced set")
-    assert result.false_rate <= bench.NO_FACE_TARGET, bench.report(result, "reduced set")
+    assert result.inside_rate >= bench.FACE_TARGET, bench.report(result, f"seed {seed}")
+    assert result.false_rate <= bench.NO_FACE_TARGET, bench.report(result, f"seed {seed}")
+
+
+def test_the_lbp_cascade_loads_from_the_package() -> None:
+    """scikit-image's copy of the cascade misspells one tag; it is read all the same."""
+    assert not classifier(LBP).empty()
 
 
 def test_drawn_rgba_and_grey_pictures_are_proposed_for() -> None:
