@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
 
-.PHONY: install install-browser install-haproxy run test test-fast test-s3 bench stress lint \
+.PHONY: install install-browser install-haproxy install-exiftool run test test-fast test-s3 bench stress lint \
 	format migrate clean cluster cluster-stop chaos
 
 install: $(STAMP)
@@ -37,7 +37,7 @@ SLOW := browser or corpus or server or postgres
 # contract covers every adapter, S3 included, in the first pass already; the corpus checks pixels.
 S3_TESTS := tests/api tests/services
 
-test: install install-browser install-haproxy
+test: install install-browser install-haproxy install-exiftool
 	$(PYTEST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-s3
 
@@ -60,6 +60,10 @@ endef
 # The browser tests use Debian's Chromium (Playwright never downloads one).
 install-browser:
 	$(call debian-package,chromium,chromium,the browser tests)
+
+# The e-mail-safe JPEG test reads its JPEG with exiftool as well as with Pillow.
+install-exiftool:
+	$(call debian-package,exiftool,libimage-exiftool-perl,the e-mail-safe JPEG test)
 
 # The local cluster (`make cluster`, `make chaos`, tests/cluster) balances with Debian's HAProxy.
 install-haproxy:
