@@ -240,8 +240,16 @@ def first_request(data: bytes, runs: int, out) -> None:
     )
 
 
-def run(corpus: Path = CORPUS, *, http: bool = True, runs: int = 9, out=sys.stdout) -> dict:
-    pictures = photos(corpus)
+def run(
+    corpus: Path = CORPUS,
+    *,
+    http: bool = True,
+    runs: int = 9,
+    out=sys.stdout,
+    pictures: list[tuple[str, bytes]] | None = None,
+) -> dict:
+    """Print the table and timings; ``pictures`` (name, bytes) instead of the corpus's."""
+    pictures = pictures or photos(corpus)
     squares = [square for name, data in pictures for square in squares_of(name, data)]
     print(
         f"{len(pictures)} photos, {len(squares)} squares ({', '.join(map(str, SIDES))} px); "
