@@ -212,6 +212,13 @@ async def test_constraints(client, settings) -> None:
     assert body["max_pixels"] == settings.max_pixels
     assert body["formats"] == ["JPEG", "PNG", "GIF", "WEBP"]
     assert body["sizes"] == [400, 256, 128, 64]
+    assert body["size_ladder"] == [16, 24, 32, 48, 64, 96, 128, 192, 256, 400, 512, 1024]
+    assert body["rendition_content_types"] == [
+        "image/avif",
+        "image/webp",
+        "image/jpeg",
+        "image/png",
+    ]
     assert body["animation"]["max_frames"] == settings.max_frames
     codes = {error["code"] for error in body["error_codes"]}
     assert {
