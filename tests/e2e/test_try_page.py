@@ -90,7 +90,7 @@ def test_upload_a_gps_photo_and_see_every_size(browser, server: LiveServer, tmp_
     # The document's <picture>: Chromium shows AVIF, at the width of 96 CSS px on this screen.
     page.wait_for_function("() => document.getElementById('picture-image').dataset.picked")
     assert page.locator("#picture-image").get_attribute("data-picked") == "avif-128.avif"
-    assert "<source type=\"image/avif\"" in page.locator("#picture-markup").inner_text()
+    assert '<source type="image/avif"' in page.locator("#picture-markup").inner_text()
     assert not requests_outside, requests_outside
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "try-page.png"), full_page=True)
