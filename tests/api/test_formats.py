@@ -171,7 +171,12 @@ async def test_animations_move_in_avif_and_webp_and_stand_still_when_asked(clien
         "/users/me/avatar", headers=auth(), files=files(animated_gif(), "a.gif", "image/gif")
     )
     assert response.status_code == 201, response.text
-    assert response.json()["animated"]
+    document = response.json()
+    assert document["animated"]
+    reduce = "(prefers-reduced-motion: reduce)"
+    kinds = [(source["type"], source["media"]) for source in document["sources"]]
+    assert kinds == [(AVIF, reduce), (WEBP, reduce), (AVIF, None), (WEBP, None), (JPEG, None)]
+    assert "/avif-still-64.avif 64w" in document["sources"][0]["srcset"]
 
     def frames(answer: httpx.Response) -> int:
         return getattr(opened(answer), "n_frames", 1)
@@ -189,6 +194,10 @@ async def test_animations_move_in_avif_and_webp_and_stand_still_when_asked(clien
         answer = await fetch(client, "/avatars/alice", params={"size": 64, "format": name})
         assert frames(answer) == 1
         assert_clean_image(answer.content, f"image/{name}")
+    for source in document["sources"]:  # every source of the <picture>, as a browser reads it
+        url = source["srcset"].split(", ")[0].split(" ")[0]
+        moving = 1 if source["media"] or source["type"] == JPEG else 4
+        assert frames(await fetch(client, url)) == moving, source
 
 
 @pytest.mark.parametrize("style", ["initials", "identicon", "mp"])
