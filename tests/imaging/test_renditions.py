@@ -129,3 +129,14 @@ def test_the_benchmarks_numpy_ssim_is_scikit_images() -> None:
     second = np.clip(first + random.normal(0, 20, first.shape), 0, 255)
     expected = metrics.structural_similarity(first, second, channel_axis=2, data_range=255.0)
     assert _ssim_numpy(first, second) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("content_type", FORMATS)
+def test_replicas_make_the_same_bytes(content_type: str) -> None:
+    """Two processes that race on one rendition write the same object under its key."""
+    original = stored_original(halves(), "JPEG", quality=90)
+    first, second = (
+        derive_square(original, CropBox(40, 10, 180, 180), 96, content_type, still=False)
+        for _ in range(2)
+    )
+    assert first.data == second.data
