@@ -2,7 +2,9 @@
 still, derived on first request and kept.
 
 A rendition the row does not have yet is made from the stored original (cut from the avatar's
-crop) on the bounded image pool, whose overflow is ``ServerBusy`` (503 + Retry-After), and
+crop) on a bounded image pool of its own (``rendition_pool``: the upload pool's size, never its
+places, since anonymous clients cause this work), whose overflow is ``ServerBusy`` (503 +
+Retry-After), and
 stored under the version's immutable key; the request is answered then, and the rendition is
 appended to the row behind it (``app.services.avatars.record_rendition``: the object first, the
 row after, compensated), so an image read never waits for the database's write lock.
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.config import Settings
 from app.core.errors import AppError, StorageUnavailable
 from app.core.metrics import Metrics
 from app.core.variants import (
@@ -33,8 +36,9 @@ from app.core.variants import (
 )
 from app.db.models import Avatar
 from app.imaging.pipeline import CropBox, PipelineOptions, derive_square, webp_has_alpha
-from app.imaging.pool import JobRunner
+from app.imaging.pool import JobRunner, WorkerPool
 from app.services.avatars import record_rendition, store_rendition
+from app.services.runtime import worker_pool
 from app.storage.base import Storage
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,13 @@ logger = logging.getLogger(__name__)
 ALPHA_ENTRIES = 4096
 # At shutdown, seconds to let renditions being recorded reach the row.
 DRAIN_SECONDS = 5.0
+
+
+def rendition_pool(settings: Settings, metrics: Metrics | None = None) -> WorkerPool:
+    """The pool renditions are made on: as many workers and waiting places as the upload pool,
+    and none of its places, so a flood of first requests (anyone can send them) never makes an
+    upload a 503."""
+    return worker_pool(settings, metrics=metrics)
 
 
 def crop_box(avatar: Avatar) -> CropBox:
