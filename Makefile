@@ -37,9 +37,10 @@ SLOW := browser or corpus or server or postgres
 # contract covers every adapter, S3 included, in the first pass already; the corpus checks pixels.
 S3_TESTS := tests/api tests/services
 
+# AVATAR_TEST_SPLIT_DATABASES=1: the second pass repeats nothing (tests/conftest.py says how).
 test: install install-browser install-haproxy install-exiftool
-	$(PYTEST) $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-s3
+	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
+	AVATAR_TEST_SPLIT_DATABASES=1 $(MAKE) --no-print-directory test-s3
 
 # The inner loop: no browser, no corpus, no child processes, no PostgreSQL.
 test-fast: install
@@ -93,6 +94,7 @@ bench: install
 	$(BIN)/python -m benchmarks.pipeline --wins
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.pool
+	$(BIN)/python -m benchmarks.batch
 
 # 100 clients upload a 10 MB photo at once to a server started for it (SECURITY.md); exits
 # non-zero when a rule breaks. CI runs a reduced version (tests/security/test_stress.py).

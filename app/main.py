@@ -15,18 +15,12 @@ from app.api.middleware import (
     UnreadBodyMiddleware,
 )
 from app.api.problems import install_problem_handlers
-from app.api.routes import avatars, constraints, health, images, media, metrics, web
+from app.api.routes import avatars, batch, constraints, health, images, media, metrics, web
 from app.api.schemas import Problem
 from app.api.upload import ENVELOPE_BYTES, base64_limit
 from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.services.outbox import dispatching
-from app.services.runtime import (  # noqa: F401 (callers import these from here)
-    check_storage,
-    close_storage,
-    open_runtime,
-    pipeline_options,
-)
 from app.services.serving import open_service_runtime
 from app.storage import Storage
 
@@ -86,6 +80,7 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     install_problem_handlers(app)
     app.include_router(avatars.router)
     app.include_router(images.router)
+    app.include_router(batch.router)
     app.include_router(constraints.router)
     app.include_router(media.router)
     app.include_router(health.router)

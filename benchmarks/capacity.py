@@ -26,7 +26,16 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from benchmarks.photo import phone_photo
-from benchmarks.server import Client, Server, get, multipart, percentile, spawned_server
+from benchmarks.server import (
+    Client,
+    Server,
+    add_postgres_option,
+    get,
+    multipart,
+    percentile,
+    scratch_postgres,
+    spawned_server,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 READ_CLIENTS = 4
@@ -180,29 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__)
     parser.add_argument("--uploads", type=int, default=8, help="measured uploads per input")
     parser.add_argument("--reads", type=int, default=2000, help="measured reads per kind")
-    parser.add_argument(
-        "--postgres-url",
-        default="",
-        help="a PostgreSQL server to use; a database is made on it for the run and dropped after",
-    )
+    add_postgres_option(parser)
     args = parser.parse_args(argv)
-    if not args.postgres_url:
-        run(uploads=args.uploads, reads=args.reads, database_url=None)
-        return
-    import asyncio
-    import uuid
-
-    from sqlalchemy.engine import make_url
-
-    from cluster.local import create_database, drop_database
-
-    name = f"avatar_capacity_{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_database(args.postgres_url, name))
-    url = make_url(args.postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_postgres(args.postgres_url, "avatar_capacity") as url:
         run(uploads=args.uploads, reads=args.reads, database_url=url)
-    finally:
-        asyncio.run(drop_database(args.postgres_url, name))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ read from ``/proc``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -48,6 +49,35 @@ class Server:
 
         settings = load_settings(_env_file=None, jwt_secret=self.secret, data_dir=Path("."))
         return create_token(settings, user_id, ttl_seconds=3600)
+
+
+def add_postgres_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres-url",
+        default="",
+        help="a PostgreSQL server to use; a database is made on it for the run and dropped after",
+    )
+
+
+@contextmanager
+def scratch_postgres(postgres_url: str, prefix: str) -> Iterator[str | None]:
+    """A database of its own on the PostgreSQL server behind ``postgres_url``, for one run:
+    its URL, dropped afterwards. None without a server (the server's default, SQLite)."""
+    if not postgres_url:
+        yield None
+        return
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+
+    from cluster.local import create_database, drop_database
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_database(postgres_url, name))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(drop_database(postgres_url, name))
 
 
 def _free_port() -> int:

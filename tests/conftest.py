@@ -43,11 +43,38 @@ MAY_START_PROCESSES = ("server", "browser")
 _starting_processes_allowed = True
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# `make test` runs twice: the whole suite on the local store, then tests/api and tests/services
+# on S3 (AVATAR_TEST_STORAGE=s3). It sets AVATAR_TEST_SPLIT_DATABASES=1 so that the second pass
+# repeats nothing: tests whose store does not follow AVATAR_TEST_STORAGE (`store_settings`, the
+# `local_store` marker) run in the first pass only, and the API and service tests run each
+# database once, SQLite beside the local store and PostgreSQL beside S3. Without it (a developer
+# running pytest), every test runs on both databases.
+SPLIT_DATABASES = os.environ.get("AVATAR_TEST_SPLIT_DATABASES", "") == "1"
+SPLIT_DIRS = ("tests/api/", "tests/services/")
+DATABASE_OF_STORE = {"local": "sqlite", "s3": "postgres"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for fixture, marker in MARKER_OF_FIXTURE.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
+    if SPLIT_DATABASES:
+        repeated = [item for item in items if _repeated_in_the_other_pass(item)]
+        if repeated:
+            config.hook.pytest_deselected(items=repeated)
+            items[:] = [item for item in items if item not in set(repeated)]
+
+
+def _repeated_in_the_other_pass(item: pytest.Item) -> bool:
+    local_store = item.get_closest_marker("local_store") is not None
+    if TEST_STORAGE == "s3" and (local_store or "store_settings" in item.fixturenames):
+        return True
+    callspec = getattr(item, "callspec", None)
+    database = callspec.params.get("database_url") if callspec else None
+    if database is None or local_store or not item.nodeid.startswith(SPLIT_DIRS):
+        return False
+    return bool(database != DATABASE_OF_STORE[TEST_STORAGE])
 
 
 @pytest.hookimpl(wrapper=True)

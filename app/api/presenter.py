@@ -8,6 +8,7 @@ adds one image as a data: URI. Each document carries an ETag, and a client that 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Annotated
@@ -18,6 +19,7 @@ from fastapi import Depends, Request, Response
 from app.api.caching import client_has, etag_of
 from app.api.deps import BaseUrl, SettingsDep, StorageDep
 from app.api.schemas import (
+    AvatarBatch,
     AvatarPublic,
     InlineImage,
     PlaceholderPublic,
@@ -92,6 +94,25 @@ def build_document(avatar: Avatar, *, storage: Storage, base_url: str) -> Avatar
         crop=list(avatar.crop) if avatar.crop else _centre_square(original),
         crop_source=crop_source(avatar),
         updated_at=updated_at,
+    )
+
+
+def build_batch(
+    requested: Mapping[str, str],
+    avatars: Mapping[str, Avatar],
+    *,
+    storage: Storage,
+    base_url: str,
+) -> AvatarBatch:
+    """The documents of many users: ``requested`` maps each id as the client sent it to its
+    canonical form, in the client's order; ``avatars`` holds the rows found, by canonical id.
+    Each member is what ``build_document`` makes, or None for a user without an avatar."""
+    documents = {
+        user_id: build_document(avatar, storage=storage, base_url=base_url)
+        for user_id, avatar in avatars.items()
+    }
+    return AvatarBatch(
+        avatars={sent: documents.get(canonical) for sent, canonical in requested.items()}
     )
 
 

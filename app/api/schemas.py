@@ -116,6 +116,16 @@ class AvatarPublic(BaseModel):
     updated_at: datetime
 
 
+class AvatarBatch(BaseModel):
+    """The documents of many users at once (``GET /avatars``, ``POST /avatars/lookup``)."""
+
+    avatars: dict[str, AvatarPublic | None] = Field(
+        description="One member per distinct user id asked for, in the order of the request, "
+        "keyed by the id as sent: its document (exactly what `GET /users/{user_id}/avatar` "
+        "answers), or null when the user has no avatar.",
+    )
+
+
 class HealthStatus(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

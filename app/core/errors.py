@@ -9,7 +9,9 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     ├── MethodNotAllowed            405 method_not_allowed
     ├── AvatarChanged               409 avatar_changed
     ├── IdempotencyKeyInUse         409 idempotency_key_in_use (with Retry-After)
+    ├── PreconditionFailed          412 precondition_failed (If-None-Match matched on a POST)
     ├── PayloadTooLarge             413 image_too_large
+    │   └── BodyTooLarge            413 body_too_large (a JSON body over its route's cap)
     ├── ClientDisconnected          400 client_disconnected (the client is gone; for logs)
     ├── RequestTimeout              408 request_timeout (a body, or the headers, too slow)
     ├── HeadersTooLarge             431 headers_too_large (from the HTTP protocol)
@@ -21,7 +23,10 @@ One handler (``app.api.problems``) renders every one of them as RFC 9457 problem
     │   ├── UnknownVariant          422 unknown_variant
     │   ├── InlineTooLarge          422 inline_too_large
     │   ├── InvalidIdempotencyKey   422 invalid_idempotency_key
-    │   └── IdempotencyKeyMismatch  422 idempotency_key_mismatch
+    │   ├── IdempotencyKeyMismatch  422 idempotency_key_mismatch
+    │   ├── NoUserIds               422 no_user_ids (a batch lookup naming nobody)
+    │   ├── TooManyUserIds          422 too_many_user_ids (a batch lookup over its limit)
+    │   └── InvalidUserId           422 invalid_user_id (a batch lookup naming no valid id)
     ├── ImageError                  (the imaging pipeline raises only these)
     │   ├── UnsupportedFormat       415 unsupported_format
     │   ├── CorruptImage            422 corrupt_image
@@ -113,6 +118,22 @@ class PayloadTooLarge(AppError):
     title = "Upload too large"
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """A JSON body (not an image) over the cap of its route."""
+
+    code = "body_too_large"
+    title = "Request body too large"
+
+
+class PreconditionFailed(AppError):
+    """If-None-Match named the current representation on a method other than GET or HEAD,
+    which RFC 9110 answers with 412 where GET answers 304: the client's copy is current."""
+
+    status = 412
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+
 class ClientDisconnected(AppError):
     status = 400
     code = "client_disconnected"
@@ -186,6 +207,24 @@ class IdempotencyKeyMismatch(InvalidRequest):
 
     code = "idempotency_key_mismatch"
     title = "Idempotency-Key reused for another request"
+
+
+class NoUserIds(InvalidRequest):
+    code = "no_user_ids"
+    title = "No user ids"
+
+
+class TooManyUserIds(InvalidRequest):
+    code = "too_many_user_ids"
+    title = "Too many user ids"
+
+
+class InvalidUserId(InvalidRequest):
+    """A user id no token could carry; a single avatar route answers 404 for it, a batch names
+    the culprit instead of answering null, so a client's bug shows."""
+
+    code = "invalid_user_id"
+    title = "Invalid user id"
 
 
 class IdempotencyKeyInUse(AppError):

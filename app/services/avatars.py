@@ -346,6 +346,20 @@ async def get_avatar(*, sessions: async_sessionmaker[AsyncSession], user_id: str
     return avatar
 
 
+async def get_avatars(
+    *, sessions: async_sessionmaker[AsyncSession], user_ids: Iterable[str]
+) -> dict[str, Avatar]:
+    """The avatars of ``user_ids`` (canonical ids) by user id, read in one query
+    (``SELECT ... WHERE user_id IN (...)``); users without an avatar are left out."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return {}
+    statement = select(Avatar).where(Avatar.user_id.in_(wanted))
+    async with sessions() as session:
+        await session.connection(**READ_ONLY)  # never waits for a writer's lock (SQLite)
+        return {avatar.user_id: avatar for avatar in await session.scalars(statement)}
+
+
 async def delete_avatar(
     *, sessions: async_sessionmaker[AsyncSession], storage: Storage, user_id: str
 ) -> None:

@@ -1,6 +1,6 @@
 """The reprocess loop's bookkeeping: users are paged in the database's own order (each exactly
 once, whatever its collation does with case and punctuation), and checkpoints only resume the
-run they were made for. The commands themselves are tested in tests/test_cli_bulk.py."""
+run they were made for. The commands themselves are tested in tests/cli/test_maintenance.py."""
 
 from __future__ import annotations
 

@@ -115,6 +115,7 @@ async def test_killed_upload_leaves_orphans_that_gc_removes(
         assert (await client.get("/users/me/avatar", headers=auth())).json() == first.json()
 
 
+@pytest.mark.local_store
 async def test_a_write_killed_before_its_rename_leaves_a_temp_file_that_gc_removes(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -22,8 +22,8 @@ from app.core.config import load_settings
 from app.db.session import create_engine, create_sessionmaker
 from app.imaging.pipeline import process_image
 from app.imaging.pool import WorkerPool
-from app.main import pipeline_options
 from app.services.avatars import replace_avatar
+from app.services.runtime import pipeline_options
 from app.storage import build_storage
 from tests.services.support import FaultyStorage
 

@@ -11,10 +11,8 @@ from pydantic import BaseModel, Field, ValidationError
 from app.api.deps import (
     CurrentUser,
     PathUserId,
-    PipelineOptionsDep,
-    PoolDep,
+    RuntimeDep,
     SessionsDep,
-    SettingsDep,
     StorageDep,
     UploadingUser,
 )
@@ -164,22 +162,19 @@ _UPLOAD_ERRORS = (
 async def upload_avatar(
     request: Request,
     user_id: UploadingUser,
-    settings: SettingsDep,
-    sessions: SessionsDep,
-    storage: StorageDep,
-    pool: PoolDep,
-    options: PipelineOptionsDep,
+    runtime: RuntimeDep,
     write: DocumentDep,
     idempotency: IdempotencyDep,
     crop: Annotated[str | None, Query(description=_CROP_HELP)] = None,
     inline: InlineQuery = None,
 ) -> Response:
     # Every parameter is checked before the work: a refused request changes nothing.
+    settings, options = runtime.settings, runtime.options
     check_inline_name(inline, options)
     crop_box = parse_crop(crop) if crop is not None else None
     # A place in the image pool is taken before the body is read: when the pool is full the
     # request is refused (503) having buffered nothing.
-    with pool.reserve() as place:
+    with runtime.pool.reserve() as place:
         upload = await read_upload(
             request,
             settings.max_upload_bytes,
@@ -192,8 +187,8 @@ async def upload_avatar(
         async def replace() -> Response:
             async with abandoned_on_disconnect(request, place):
                 avatar = await service.replace_avatar(
-                    sessions=sessions,
-                    storage=storage,
+                    sessions=runtime.sessions,
+                    storage=runtime.storage,
                     pool=place,  # the place reserved before the body was read
                     options=options,
                     user_id=user_id,
@@ -247,11 +242,7 @@ PATCH_MAX_BYTES = 4096
 async def update_avatar_crop(
     request: Request,
     user_id: UploadingUser,
-    settings: SettingsDep,
-    sessions: SessionsDep,
-    storage: StorageDep,
-    pool: PoolDep,
-    options: PipelineOptionsDep,
+    runtime: RuntimeDep,
     write: DocumentDep,
     idempotency: IdempotencyDep,
 ) -> Response:
@@ -259,8 +250,8 @@ async def update_avatar_crop(
     body = await read_json_body(
         request,
         PATCH_MAX_BYTES,
-        idle_timeout=settings.body_idle_timeout,
-        total_timeout=settings.body_timeout,
+        idle_timeout=runtime.settings.body_idle_timeout,
+        total_timeout=runtime.settings.body_timeout,
     )
     try:
         patch = AvatarPatch.model_validate(body)
@@ -269,13 +260,13 @@ async def update_avatar_crop(
     box = _crop_box(patch.crop)
 
     async def recrop() -> Response:
-        with pool.reserve() as place:
+        with runtime.pool.reserve() as place:
             async with abandoned_on_disconnect(request, place):
                 avatar = await service.recrop_avatar(
-                    sessions=sessions,
-                    storage=storage,
-                    pool=place,  # the place reserved before the body was read
-                    options=options,
+                    sessions=runtime.sessions,
+                    storage=runtime.storage,
+                    pool=place,
+                    options=runtime.options,
                     user_id=user_id,
                     crop=box,
                 )

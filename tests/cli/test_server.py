@@ -1,4 +1,5 @@
-"""The console script as a person runs it: subprocesses, a real server, curl."""
+"""``serve``, ``migrate`` and ``token`` (app/cli/server.py) as a person runs them: subprocesses,
+a real server, curl."""
 
 from __future__ import annotations
 
@@ -16,16 +17,8 @@ from tests.conftest import ROOT, missing
 from tests.images import jpeg_with_metadata
 from tests.live import free_port, live_server, run_cli
 
-pytestmark = pytest.mark.server
 
-
-def test_help_lists_the_commands(tmp_path) -> None:
-    result = run_cli(tmp_path, "--help")
-    assert result.returncode == 0
-    for command in ("serve", "migrate", "token"):
-        assert command in result.stdout
-
-
+@pytest.mark.server
 def test_token_prints_only_the_token(tmp_path) -> None:
     result = run_cli(tmp_path, "token", "alice")
     assert result.returncode == 0, result.stderr
@@ -33,6 +26,7 @@ def test_token_prints_only_the_token(tmp_path) -> None:
     assert len(lines) == 1 and lines[0].count(".") == 2
 
 
+@pytest.mark.server
 def test_token_refused_in_production_without_secret(tmp_path) -> None:
     result = run_cli(tmp_path, "token", "alice", AVATAR_ENV="production")
     assert result.returncode == 2
@@ -40,6 +34,7 @@ def test_token_refused_in_production_without_secret(tmp_path) -> None:
     assert "AVATAR_JWT_SECRET" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.server
 def test_serve_refuses_to_start_in_production_without_secret(tmp_path) -> None:
     result = run_cli(tmp_path, "serve", "--port", str(free_port()), AVATAR_ENV="production")
     assert result.returncode == 2
@@ -56,6 +51,7 @@ def test_serve_refuses_to_start_in_production_without_secret(tmp_path) -> None:
         ([], {"AVATAR_HOST": "0.0.0.0"}),
     ],
 )
+@pytest.mark.server
 def test_serve_refuses_dev_tokens_on_an_address_others_reach(tmp_path, args, env) -> None:
     result = run_cli(
         tmp_path, "serve", "--port", str(free_port()), *args, AVATAR_DEV_TOKENS="true", **env
@@ -73,6 +69,7 @@ def test_serve_refuses_dev_tokens_on_an_address_others_reach(tmp_path, args, env
         {"AVATAR_ENV": "production", "AVATAR_JWT_SECRET": "p" * 48},
     ],
 )
+@pytest.mark.server
 def test_serve_refuses_dev_tokens_beside_real_keys(tmp_path, env) -> None:
     result = run_cli(tmp_path, "serve", "--port", str(free_port()), AVATAR_DEV_TOKENS="true", **env)
     assert result.returncode == 2, result.stderr
@@ -80,6 +77,7 @@ def test_serve_refuses_dev_tokens_beside_real_keys(tmp_path, env) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.server
 def test_migrate_creates_the_schema(tmp_path) -> None:
     result = run_cli(tmp_path, "migrate")
     assert result.returncode == 0, result.stderr
@@ -121,6 +119,7 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=30)
 
 
+@pytest.mark.server
 def test_readme_walkthrough_with_curl(server) -> None:
     """The README's quick start, step by step, against `avatar-service serve`."""
     base, cwd = server
@@ -162,6 +161,7 @@ def test_readme_walkthrough_with_curl(server) -> None:
     assert gone.stdout == "404"
 
 
+@pytest.mark.server
 def test_sigterm_lets_in_flight_uploads_finish_and_refuses_new_ones(tmp_path) -> None:
     with live_server(tmp_path) as server:
         base, process = server.base_url, server.process
@@ -218,6 +218,7 @@ def test_sigterm_lets_in_flight_uploads_finish_and_refuses_new_ones(tmp_path) ->
         assert b"Traceback" not in server.log_path.read_bytes()
 
 
+@pytest.mark.server
 def test_serve_with_two_processes_logs_one_json_line_per_request(tmp_path) -> None:
     with live_server(tmp_path, AVATAR_PROCESSES="2") as server:
         for index in range(4):
@@ -234,6 +235,7 @@ def test_serve_with_two_processes_logs_one_json_line_per_request(tmp_path) -> No
     assert {line["logger"] for line in lines} >= {"app.access"}
 
 
+@pytest.mark.server
 def test_readme_base64_upload_with_curl(server) -> None:
     """The README's JSON upload, run by bash exactly as written there."""
     base, cwd = server

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from app.core.config import Settings
+from app.cli import exits, render
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from app.core.config import Settings
+
+    Sessions = async_sessionmaker[AsyncSession]
 
 T = TypeVar("T")
 
@@ -26,19 +33,8 @@ class Status(StrEnum):
     dead = "dead"
 
 
-def _settings() -> Settings:
-    """The settings, or exit 2 with the reason (as every command does)."""
-    from app.cli import _settings as cli_settings  # app.cli registers this group at its end
-
-    return cli_settings()
-
-
-def _with_sessions(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work(sessions)`` on the configured database; its errors are one line, exit 1."""
-    import asyncio
-
-    from sqlalchemy.exc import SQLAlchemyError
-
+def _with_sessions(settings: Settings, work: Callable[[Sessions], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work(sessions)`` on the configured database, its errors mapped (exit 1)."""
     from app.db.session import create_engine, create_sessionmaker
 
     async def run() -> T:
@@ -48,16 +44,7 @@ def _with_sessions(settings: Settings, work: Callable[[Any], Coroutine[Any, Any,
         finally:
             await engine.dispose()
 
-    try:
-        return asyncio.run(run())
-    except (SQLAlchemyError, OSError) as exc:
-        from app.cli import _database_error
-
-        reason = _database_error(exc)
-        if "outbox_" in reason and ("no such table" in reason or "does not exist" in reason):
-            reason += " (run `avatar-service migrate` first)"
-        typer.echo(f"error: the database cannot be used: {reason}", err=True)
-        raise typer.Exit(1) from None
+    return exits.run(run)
 
 
 @events_cli.command("list")
@@ -73,66 +60,14 @@ def list_events(
     and the last error. Exits 1 when the database cannot be used."""
     from app.services.outbox import list_deliveries
 
-    settings = _settings()
+    settings = exits.settings()
     rows = _with_sessions(
         settings,
         lambda sessions: list_deliveries(
             sessions, status=status.value if status else None, user_id=user, limit=limit
         ),
     )
-    if as_json:
-        import json
-
-        typer.echo(
-            json.dumps(
-                [
-                    {
-                        "event_id": row.event_id,
-                        "type": row.type,
-                        "user_id": row.user_id,
-                        "occurred_at": _when(row.occurred_at),
-                        "target": row.target,
-                        "status": row.status,
-                        "attempts": row.attempts,
-                        "next_attempt_at": _when(row.next_attempt_at),
-                        "delivered_at": _when(row.delivered_at),
-                        "last_error": row.last_error,
-                    }
-                    for row in rows
-                ],
-                indent=2,
-            )
-        )
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in ("event", "type", "user", "at", "target", "status", "tries", "next", "error"):
-        table.add_column(column, justify="right" if column == "tries" else "left")
-    for row in rows:
-        table.add_row(
-            row.event_id,
-            row.type,
-            row.user_id,
-            _when(row.occurred_at),
-            row.target or "-",
-            row.status,
-            str(row.attempts),
-            _when(row.next_attempt_at) if row.status == "pending" else "-",
-            row.last_error or "",
-        )
-    # Ids and errors are printed whole, for copying and grepping, however narrow the terminal.
-    wide = max(Console().width, 240)
-    console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False, width=wide)
-    console.print(table)
-    console.print(f"{len(rows)} rows" + (" (--limit reached)" if len(rows) == limit else ""))
-
-
-def _when(moment: Any) -> str | None:
-    from app.services.outbox import as_utc
-
-    return as_utc(moment).isoformat(timespec="seconds") if moment is not None else None
+    render.deliveries(rows, limit=limit, as_json=as_json)
 
 
 @events_cli.command()
@@ -162,11 +97,10 @@ def replay(
 
     ids = event_ids or []
     if bool(ids) == dead:
-        typer.echo("error: give EVENT_IDs or --dead (one of them)", err=True)
-        raise typer.Exit(2)
-    settings = _settings()
+        raise exits.fail("give EVENT_IDs or --dead (one of them)", exits.USAGE)
+    settings = exits.settings()
 
-    async def work(sessions: Any) -> tuple[int, list[str]]:
+    async def work(sessions: Sessions) -> tuple[int, list[str]]:
         unknown = missing_events(await list_deliveries(sessions, event_ids=ids, limit=10_000), ids)
         count = await replay_events(sessions, settings, event_ids=ids, dead=dead, target=target)
         return count, unknown
@@ -174,13 +108,12 @@ def replay(
     try:
         count, unknown = _with_sessions(settings, work)
     except KeyError:
-        typer.echo(f"error: no target {target!r} is configured", err=True)
-        raise typer.Exit(2) from None
+        raise exits.fail(f"no target {target!r} is configured", exits.USAGE) from None
     for event_id in unknown:
         typer.echo(f"unknown event {event_id}", err=True)
     typer.echo(f"{count} deliveries due now")
     if unknown:
-        raise typer.Exit(1)
+        raise typer.Exit(exits.FAILED)
 
 
 @events_cli.command()
@@ -203,7 +136,7 @@ def work(
     from app.db.session import create_engine, create_sessionmaker
     from app.services.outbox import Dispatcher
 
-    settings = _settings()
+    settings = exits.settings()
     configure_logging(settings.log_level)
     metrics = Metrics()
     if metrics_port is not None:
@@ -230,4 +163,4 @@ def work(
         + (" and the CDN purge" if settings.cdn_purge else ""),
         err=True,
     )
-    asyncio.run(run())
+    exits.run(run)
