@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
 
-.PHONY: install install-browser install-haproxy run test test-fast test-s3 bench stress lint \
+.PHONY: install install-browser install-haproxy install-exiftool run test test-fast test-s3 bench stress lint \
 	format migrate clean cluster cluster-stop chaos
 
 install: $(STAMP)
@@ -38,7 +38,7 @@ SLOW := browser or corpus or server or postgres
 S3_TESTS := tests/api tests/services
 
 # AVATAR_TEST_SPLIT_DATABASES=1: the second pass repeats nothing (tests/conftest.py says how).
-test: install install-browser install-haproxy
+test: install install-browser install-haproxy install-exiftool
 	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
 	AVATAR_TEST_SPLIT_DATABASES=1 $(MAKE) --no-print-directory test-s3
 
@@ -61,6 +61,10 @@ endef
 # The browser tests use Debian's Chromium (Playwright never downloads one).
 install-browser:
 	$(call debian-package,chromium,chromium,the browser tests)
+
+# The e-mail-safe JPEG test reads its JPEG with exiftool as well as with Pillow.
+install-exiftool:
+	$(call debian-package,exiftool,libimage-exiftool-perl,the e-mail-safe JPEG test)
 
 # The local cluster (`make cluster`, `make chaos`, tests/cluster) balances with Debian's HAProxy.
 install-haproxy:

@@ -50,3 +50,16 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
     assert body["title"] and body["detail"]
     assert "Traceback" not in response.text
     return body
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        metric, _, value = line.rpartition(" ")
+        if metric.split("{")[0] != name:
+            continue
+        if all(f'{key}="{val}"' in metric for key, val in labels.items()):
+            return float(value)
+    return 0.0

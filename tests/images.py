@@ -126,6 +126,65 @@ def assert_clean_webp(data: bytes, *, markers: tuple[bytes, ...] = ()) -> None:
         assert marker not in data, f"payload marker {marker!r} in output"
 
 
+JPEG_METADATA_MARKERS = {0xE1: "APP1 (EXIF/XMP)", 0xE2: "APP2 (ICC)", 0xED: "APP13 (IPTC)"}
+PNG_PIXEL_CHUNKS = {"IHDR", "PLTE", "tRNS", "IDAT", "IEND", "acTL", "fcTL", "fdAT"}
+# ISOBMFF items that carry metadata (EXIF, XMP as "mime"), and colour boxes with ICC profiles.
+_AVIF_ITEM_TYPE = re.compile(rb"infe\x02\x00\x00\x00.{4}(.{4})", re.DOTALL)
+_AVIF_ICC = re.compile(rb"colr(prof|rICC)")
+
+
+def jpeg_markers(data: bytes) -> list[int]:
+    """The markers of a JPEG's header segments, up to its first scan."""
+    assert data[:2] == b"\xff\xd8", "not a JPEG file"
+    markers, offset = [], 2
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        markers.append(marker)
+        if marker == 0xDA:
+            break
+        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
+        offset += 2 + length
+    return markers
+
+
+def png_chunk_types(data: bytes) -> list[str]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    chunks, offset = [], 8
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        chunks.append(data[offset + 4 : offset + 8].decode("latin-1"))
+        offset += 12 + length
+    return chunks
+
+
+def assert_clean_image(data: bytes, content_type: str, *, markers: tuple[bytes, ...] = ()) -> None:
+    """No metadata in an output of any format, read from its bytes and by Pillow."""
+    if content_type == "image/webp":
+        assert_clean_webp(data, markers=markers)
+        return
+    if content_type == "image/jpeg":
+        found = [JPEG_METADATA_MARKERS.get(m, hex(m)) for m in jpeg_markers(data)]
+        assert not set(found) & set(JPEG_METADATA_MARKERS.values()), found
+        assert 0xFE not in jpeg_markers(data), "a JPEG comment in output"
+    elif content_type == "image/png":
+        chunks = png_chunk_types(data)
+        assert set(chunks) <= PNG_PIXEL_CHUNKS, f"metadata chunks in output: {chunks}"
+    elif content_type == "image/avif":
+        items = {match.group(1) for match in _AVIF_ITEM_TYPE.finditer(data)}
+        assert not items & {b"Exif", b"mime"}, f"metadata items in output: {items}"
+        assert not _AVIF_ICC.search(data), "an ICC profile in output"
+    else:
+        raise AssertionError(f"no check for {content_type}")
+    with Image.open(io.BytesIO(data)) as image:
+        assert Image.MIME[image.format] == content_type, image.format
+        for key in ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment", "dpi"):
+            assert not image.info.get(key), f"{key} in output"
+        assert not image.getexif(), "EXIF readable from output"
+        assert not getattr(image, "text", None), "text chunks in output"
+    for marker in markers:
+        assert marker not in data, f"payload marker {marker!r} in output"
+
+
 # Hostile files: little data, much decoding work ------------------------------------------------
 
 

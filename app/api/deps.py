@@ -16,6 +16,7 @@ from app.core.security import normalize_user_id
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
 from app.services.defaults import DefaultImages, SelfTest
+from app.services.renditions import Renditions
 from app.services.serving import ServiceRuntime
 from app.storage.base import Storage
 
@@ -69,6 +70,10 @@ async def get_selftest(runtime: RuntimeDep) -> SelfTest:
     return runtime.selftest
 
 
+async def get_renditions(runtime: RuntimeDep) -> Renditions:
+    return runtime.renditions
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
@@ -76,6 +81,7 @@ PoolDep = Annotated[WorkerPool, Depends(get_pool)]
 PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
 DefaultImagesDep = Annotated[DefaultImages, Depends(get_default_images)]
 SelfTestDep = Annotated[SelfTest, Depends(get_selftest)]
+RenditionsDep = Annotated[Renditions, Depends(get_renditions)]
 
 
 async def get_current_user(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import Depends, Request, Response
 
@@ -22,11 +23,23 @@ from app.api.schemas import (
     AvatarPublic,
     InlineImage,
     PlaceholderPublic,
+    SourcePublic,
     VariantPublic,
 )
 from app.core import errors
 from app.core.config import Settings
-from app.core.variants import ORIGINAL, STILL, StoredVariant
+from app.core.variants import (
+    ANIMATED_TYPES,
+    AVIF,
+    EXTENSIONS,
+    JPEG,
+    ORIGINAL,
+    STILL,
+    WEBP,
+    StoredVariant,
+    parse_rendition,
+    rendition_name,
+)
 from app.db.models import Avatar
 from app.imaging.pipeline import PipelineOptions
 from app.services.avatars import crop_source
@@ -66,10 +79,17 @@ def build_document(avatar: Avatar, *, storage: Storage, base_url: str) -> Avatar
         content_type=original.content_type,
         bytes=original.bytes,
         version=avatar.version,
-        variants=[_variant(variant, urls[variant.key]) for variant in variants],
+        # Renditions made on request are reached through ``sources``: the document stays the
+        # same (and its ETag too) however many have been made.
+        variants=[
+            _variant(variant, urls[variant.key])
+            for variant in variants
+            if parse_rendition(variant.name) is None
+        ],
         metadata_removed=list(avatar.metadata_removed or []),
         orientation_applied=avatar.orientation_applied or 1,
         srcset=variants.srcset(urls.__getitem__),
+        sources=picture_sources(avatar, urls=urls, base_url=base_url),
         placeholder=placeholder,
         crop=list(avatar.crop) if avatar.crop else _centre_square(original),
         crop_source=crop_source(avatar),
@@ -94,6 +114,47 @@ def build_batch(
     return AvatarBatch(
         avatars={sent: documents.get(canonical) for sent, canonical in requested.items()}
     )
+
+
+REDUCED_MOTION_MEDIA = "(prefers-reduced-motion: reduce)"
+
+
+def picture_sources(avatar: Avatar, *, urls: dict[str, str], base_url: str) -> list[SourcePublic]:
+    """``<picture>`` sources of the squares' sides: AVIF, WebP, JPEG (an animation's stills
+    first, for reduced motion). An upload's own square is its stored object; any other is the
+    rendition's versioned URL, which makes it on first request (its bytes never change)."""
+    variants = avatar.variants
+    sides = [square.width for square in variants.squares]
+    kinds: list[tuple[str, bool, str | None]] = [
+        (AVIF, False, None),
+        (WEBP, False, None),
+        (JPEG, True, None),
+    ]
+    if variants.animated:
+        stills = [(AVIF, True, REDUCED_MOTION_MEDIA), (WEBP, True, REDUCED_MOTION_MEDIA)]
+        kinds = stills + kinds
+    sources = []
+    for content_type, still, media in kinds:
+        entries = []
+        for side in sides:
+            stored = variants.rendition(content_type, side, still=still)
+            if stored is not None and parse_rendition(stored.name) is None:
+                url = urls[stored.key]
+            else:
+                url = rendition_url(avatar, content_type, side, still=still, base_url=base_url)
+            entries.append(f"{url} {side}w")
+        sources.append(SourcePublic(type=content_type, srcset=", ".join(entries), media=media))
+    return sources
+
+
+def rendition_url(
+    avatar: Avatar, content_type: str, side: int, *, still: bool, base_url: str
+) -> str:
+    """``/avatars/{user_id}/{version}/{name}``: one rendition of this version."""
+    moving_format = avatar.variants.animated and content_type in ANIMATED_TYPES
+    name = rendition_name(content_type, side, still=still and moving_format)
+    user = quote(avatar.user_id, safe="")
+    return f"{base_url}/avatars/{user}/{avatar.version}/{name}.{EXTENSIONS[content_type]}"
 
 
 def _variant(variant: StoredVariant, url: str) -> VariantPublic:

@@ -42,6 +42,22 @@ class InlineImage(BaseModel):
     bytes: int
 
 
+class SourcePublic(BaseModel):
+    """One ``<source>`` of a ``<picture>``: its attributes, ready to write."""
+
+    type: str = Field(examples=["image/avif"], description="The `type` attribute.")
+    srcset: str = Field(
+        description="The squares in this format (`url 64w, url 128w, ...`). A rendition not "
+        "stored yet is made on its first request.",
+        examples=["https://.../avatars/alice/0a1b.../avif-64.avif 64w, ..."],
+    )
+    media: str | None = Field(
+        default=None,
+        examples=["(prefers-reduced-motion: reduce)"],
+        description="The `media` attribute: set on an animated avatar's still sources.",
+    )
+
+
 class AvatarPublic(BaseModel):
     user_id: str
     avatar_url: str
@@ -67,6 +83,12 @@ class AvatarPublic(BaseModel):
     srcset: str = Field(
         description="The square sizes as an HTML srcset (`url 64w, url 128w, ...`).",
         examples=["https://.../thumb-64.webp 64w, https://.../thumb.webp 400w"],
+    )
+    sources: list[SourcePublic] = Field(
+        default_factory=list,
+        description="`<picture>` sources, best format first: AVIF, WebP, then JPEG (which an "
+        "`<img srcset>` can take); an animated avatar's stills come first, for "
+        "`(prefers-reduced-motion: reduce)`.",
     )
     placeholder: PlaceholderPublic | None = None
     crop: list[int] | None = Field(

@@ -37,6 +37,10 @@ DEFAULT_THUMBNAIL_SIZE = 400  # the main square, "thumb"
 DEFAULT_THUMBNAIL_SIZES = (400, 256, 128, 64)  # every square; the others are "thumb-<side>"
 DEFAULT_ORIGINAL_MAX_SIDE = 2048  # 0 keeps the full resolution
 DEFAULT_FORMATS: tuple[ImageFormat, ...] = ("JPEG", "PNG", "GIF", "WEBP")
+# The sides `?size=N` is served at (the smallest at least N): renditions are derived on first
+# request, so the ladder bounds what one avatar can store.
+DEFAULT_SIZE_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 400, 512, 1024)
+MAX_LADDER_RUNGS = 24
 AutoCropMode = Literal["face", "content", "centre"]
 DEFAULT_AUTO_CROP: AutoCropMode = "face"
 
@@ -248,6 +252,12 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_THUMBNAIL_SIZES)
     )
     original_max_side: int = Field(default=DEFAULT_ORIGINAL_MAX_SIDE, ge=0)
+    # Sides renditions are made at (`?size=N` gets the smallest at least N), and the colour a
+    # JPEG rendition of a transparent picture is laid on.
+    size_ladder: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SIZE_LADDER)
+    )
+    jpeg_background: str = Field(default="#ffffff", pattern=r"^#[0-9a-fA-F]{6}$")
     max_frames: int = Field(default=DEFAULT_MAX_FRAMES, gt=0)
     allowed_formats: Annotated[list[ImageFormat], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_FORMATS)
@@ -295,7 +305,7 @@ class Settings(BaseSettings):
             file_secret_settings,
         )
 
-    @field_validator("thumbnail_sizes", "allowed_formats", mode="before")
+    @field_validator("thumbnail_sizes", "allowed_formats", "size_ladder", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         # "400,256,128" or a JSON list; HEIC and JPG are the common names of HEIF and JPEG.
@@ -323,6 +333,21 @@ class Settings(BaseSettings):
         if any(size <= 0 for size in value):
             raise ValueError("thumbnail sizes must be positive")
         return value
+
+    @field_validator("size_ladder")
+    @classmethod
+    def _bounded_ladder(cls, value: list[int]) -> list[int]:
+        sides = sorted(set(value))
+        if not sides or len(sides) > MAX_LADDER_RUNGS:
+            raise ValueError(f"the size ladder needs 1 to {MAX_LADDER_RUNGS} sides")
+        if sides[0] <= 0 or sides[-1] > DEFAULT_MAX_DIMENSION:
+            raise ValueError(f"ladder sides must be 1 to {DEFAULT_MAX_DIMENSION}")
+        return sides
+
+    @property
+    def jpeg_background_rgb(self) -> tuple[int, int, int]:
+        value = self.jpeg_background.lstrip("#")
+        return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -54,6 +54,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.renditions = Counter(
+            "avatar_renditions_derived_total",
+            "Renditions (a square in another size or format) derived on first request, by "
+            "format; their pool time is in avatar_image_processing_seconds.",
+            ["format"],
+            registry=self.registry,
+        )
         self.storage_seconds = Histogram(
             "avatar_storage_operation_seconds",
             "Storage call latency by operation.",

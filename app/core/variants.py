@@ -6,7 +6,11 @@ An avatar is a set of variants, each one stored object:
 - ``original``: the upright picture (or the client's crop of it), capped in size;
 - ``thumb``: the main square (the largest; 400 px by default);
 - ``thumb-<side>``: more squares, e.g. ``thumb-64``;
-- ``still``: for an animation only, the first frame of ``thumb``.
+- ``still``: for an animation only, the first frame of ``thumb``;
+- renditions, derived on first request from the original (with the avatar's crop) and appended
+  to the set: ``<format>-<side>`` (``avif-128``, ``jpeg-48``) and, for an animation,
+  ``<format>-still-<side>`` (its first frame). Formats are ``FORMATS``; sides come from the size
+  ladder (``ladder_side``).
 
 Objects live under ``avatars/<version>/<name>.<extension>``: the version is a fresh random token
 per change, so every key is immutable, and nothing a client sends ever names a key.
@@ -17,7 +21,8 @@ On the row (``Avatar.variants``) a set is a JSON list of objects in the order th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +34,37 @@ SQUARE_PREFIX = "thumb-"
 # Every key the service makes starts with this; nothing else in a shared bucket is touched.
 KEY_PREFIX = "avatars/"
 WEBP = "image/webp"
-EXTENSIONS = {WEBP: "webp"}
+AVIF = "image/avif"
+JPEG = "image/jpeg"
+PNG = "image/png"
+EXTENSIONS = {WEBP: "webp", AVIF: "avif", JPEG: "jpg", PNG: "png"}
+# The names clients use (``?format=``) and the content types they stand for, best first.
+FORMATS = {"avif": AVIF, "webp": WEBP, "jpeg": JPEG, "png": PNG}
+FORMAT_OF = {content_type: name for name, content_type in FORMATS.items()}
+# Formats that keep an animation moving; JPEG and PNG are always the still.
+ANIMATED_TYPES = frozenset({AVIF, WEBP})
+_RENDITION = re.compile(r"(avif|webp|jpeg|png)-(still-)?([1-9][0-9]{0,4})")
+
+
+def rendition_name(content_type: str, side: int, *, still: bool) -> str:
+    """The name of a derived square: ``avif-128``, or ``webp-still-96`` for an animation's
+    first frame."""
+    return f"{FORMAT_OF[content_type]}-{'still-' if still else ''}{side}"
+
+
+def parse_rendition(name: str) -> tuple[str, int, bool] | None:
+    """(content type, side, still) of a rendition name, None for any other name."""
+    match = _RENDITION.fullmatch(name)
+    if match is None:
+        return None
+    return FORMATS[match.group(1)], int(match.group(3)), match.group(2) is not None
+
+
+def ladder_side(ladder: Sequence[int], wanted: int, *, largest: int) -> int:
+    """The side served for ``wanted`` px: the smallest ladder side at least ``wanted`` (else the
+    ladder's largest), never more than ``largest`` (the square's own side: never upscaled)."""
+    rung = next((side for side in sorted(ladder) if side >= wanted), max(ladder))
+    return max(1, min(rung, largest))
 
 
 def square_name(side: int, *, main_side: int) -> str:
@@ -154,6 +189,26 @@ class VariantSet:
         """The squares, smallest first, one per side."""
         by_side = {variant.width: variant for variant in self.variants if variant.is_square}
         return [by_side[side] for side in sorted(by_side)]
+
+    def rendition(self, content_type: str, side: int, *, still: bool) -> StoredVariant | None:
+        """A stored square of this type and side that moves as asked (``still``: one frame;
+        else as the avatar does): an upload's square or a derived one."""
+        moving = self.animated and not still
+        return next(
+            (
+                variant
+                for variant in self.variants
+                if variant.name != ORIGINAL
+                and variant.content_type == content_type
+                and variant.width == variant.height == side
+                and variant.animated == moving
+            ),
+            None,
+        )
+
+    def with_variant(self, variant: StoredVariant) -> VariantSet:
+        """This set with ``variant`` appended (a rendition derived later)."""
+        return VariantSet((*self.variants, variant))
 
     def square_for(self, size: int) -> StoredVariant:
         """The smallest square at least ``size`` px, else the largest one."""

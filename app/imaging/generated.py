@@ -1,6 +1,7 @@
 """Default avatars for users without one, made here (no outside call), the same for the same
 user id every time: ``initials``, ``identicon`` (a GitHub-style 5x5 symmetric pattern) and
-``mp`` (a "mystery person" silhouette). Pure: a user id and a size in, WebP bytes out."""
+``mp`` (a "mystery person" silhouette). Pure: a user id, a size and a format in, image bytes
+out (lossless WebP, or AVIF, JPEG and PNG as the pipeline writes renditions)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import re
 from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFont
+
+from app.core.variants import WEBP
+from app.imaging.pipeline import PipelineOptions, encode_as
 
 DEFAULT_STYLES = ("initials", "identicon", "mp")
 
@@ -80,9 +84,12 @@ _STYLES: dict[str, Callable[[str, int], Image.Image]] = {
 }
 
 
-def default_avatar(style: str, user_id: str, size: int) -> bytes:
-    """A ``size`` px square WebP of ``style`` for ``user_id`` (lossless: flat colours)."""
+def default_avatar(style: str, user_id: str, size: int, content_type: str = WEBP) -> bytes:
+    """A ``size`` px square of ``style`` for ``user_id``: lossless WebP (flat colours), or
+    ``content_type`` as renditions are written."""
     image = _STYLES[style](user_id, size)
+    if content_type != WEBP:
+        return encode_as([image], content_type, PipelineOptions())
     buffer = io.BytesIO()
     image.save(buffer, "WEBP", lossless=True, quality=80, method=4)
     return buffer.getvalue()

@@ -302,6 +302,41 @@ async def _swap_row(
     raise AssertionError("unreachable")
 
 
+async def store_rendition(storage: Storage, version: str, variant: Variant) -> StoredVariant:
+    """Write one rendition (a square derived later, ``app.services.renditions``) under the
+    version's key; ``record_rendition`` then appends it to the row. Another process that
+    derives the same rendition writes the same bytes under the same key."""
+    (stored,) = await _put_variants(storage, version, [variant])
+    return stored
+
+
+async def record_rendition(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    user_id: str,
+    version: str,
+    rendition: StoredVariant,
+) -> None:
+    """Append a stored rendition to the row, only while the row is still at ``version``:
+    the write order of every change (the object first, then the row). An object the row
+    cannot take (an upload, a crop change or a delete won the race: ``AvatarChanged``) is
+    deleted again. When the database fails the object is left to ``gc``, which deletes it only
+    if no row took it: another replica may have recorded the same key."""
+    try:
+        async with sessions() as session, session.begin():
+            avatar = await _lock_avatar(session, user_id)
+            if avatar is None or avatar.version != version:
+                raise AvatarChanged("The avatar changed while a rendition was made.")
+            if rendition.name not in avatar.variants:
+                avatar.variants = avatar.variants.with_variant(rendition)
+    except AvatarChanged:
+        await delete_objects(storage, [rendition.key])
+        raise
+    except (SQLAlchemyError, OSError) as exc:
+        raise DatabaseUnavailable("The rendition could not be recorded.") from exc
+
+
 async def get_avatar(*, sessions: async_sessionmaker[AsyncSession], user_id: str) -> Avatar:
     async with sessions() as session:
         await session.connection(**READ_ONLY)  # never waits for a writer's lock (SQLite)

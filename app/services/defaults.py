@@ -21,6 +21,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.ratelimit import UploadRateLimiter
+from app.core.variants import WEBP
 from app.imaging.generated import default_avatar
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
@@ -44,19 +45,21 @@ class DefaultImages:
         self.pool = pool
         self.limiter = limiter
         self.entries = entries
-        self._cache: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, int, str], bytes] = OrderedDict()
 
-    async def image(self, style: str, user_id: str, size: int, *, client: str) -> bytes:
-        """The ``style`` default of ``user_id`` at ``size`` px: from the cache, else rendered
-        on the side pool once ``client`` is within its rate limit."""
-        key = (style, "" if style == "mp" else user_id, size)
+    async def image(
+        self, style: str, user_id: str, size: int, *, client: str, content_type: str = WEBP
+    ) -> bytes:
+        """The ``style`` default of ``user_id`` at ``size`` px in ``content_type``: from the
+        cache, else rendered on the side pool once ``client`` is within its rate limit."""
+        key = (style, "" if style == "mp" else user_id, size, content_type)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
         if self.limiter is not None:
             await self.limiter.hit(client)
-        data = await self.pool.run(default_avatar, style, user_id, size)
+        data = await self.pool.run(default_avatar, style, user_id, size, content_type)
         self._cache[key] = data
         while len(self._cache) > self.entries:
             self._cache.popitem(last=False)

@@ -34,6 +34,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         max_frames=settings.max_frames,
         formats=frozenset(settings.allowed_formats),
         auto_crop=settings.auto_crop,
+        jpeg_background=settings.jpeg_background_rgb,
     )
 
 

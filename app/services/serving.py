@@ -1,7 +1,8 @@
 """Everything a serving process holds, built in one place and closed again: the runtime every
 process has (``open_runtime``), plus what only the HTTP service needs: the token verifier, the
 upload and generated-image rate limiters, the side pool behind generated defaults and the deep
-self-test, and the metrics. The app's lifespan opens it; routes reach it as one typed object."""
+self-test, the renditions and their pool, and the metrics. The app's lifespan opens it; routes
+reach it as one typed object."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.core.metrics import Metrics
 from app.core.ratelimit import UploadRateLimiter
 from app.core.security import TokenVerifier
 from app.services.defaults import DefaultImages, SelfTest, side_pool
+from app.services.renditions import Renditions, rendition_pool
 from app.services.runtime import Runtime, open_runtime
 from app.storage.base import Storage
 
@@ -26,6 +28,7 @@ class ServiceRuntime(Runtime):
     upload_limiter: UploadRateLimiter | None
     default_images: DefaultImages
     selftest: SelfTest
+    renditions: Renditions
 
 
 @asynccontextmanager
@@ -49,6 +52,17 @@ async def open_service_runtime(
         # Work anonymous clients can cause runs beside the upload pool, never in it.
         anonymous_pool = side_pool(settings)
         stack.callback(anonymous_pool.shutdown)
+        renditions_pool = rendition_pool(settings, metrics)
+        stack.callback(renditions_pool.shutdown)
+        renditions = Renditions(
+            sessions=runtime.sessions,
+            storage=runtime.storage,
+            pool=renditions_pool,
+            options=runtime.options,
+            ladder=settings.size_ladder,
+            metrics=metrics,
+        )
+        stack.push_async_callback(renditions.drain)
         yield ServiceRuntime(
             **{field.name: getattr(runtime, field.name) for field in fields(runtime)},
             metrics=metrics,
@@ -56,6 +70,7 @@ async def open_service_runtime(
             upload_limiter=upload_limiter,
             default_images=DefaultImages(anonymous_pool, default_limiter),
             selftest=SelfTest(anonymous_pool, runtime.options, interval=settings.selftest_interval),
+            renditions=renditions,
         )
 
 

@@ -23,7 +23,12 @@ KEY_PATTERN = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){0,7}"
 )
 
-CONTENT_TYPES = {".webp": "image/webp", ".png": "image/png", ".jpg": "image/jpeg"}
+CONTENT_TYPES = {
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+}
 
 
 def is_valid_key(key: str) -> bool:

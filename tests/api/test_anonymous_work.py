@@ -1,5 +1,6 @@
-"""Work anonymous clients can cause (generated default images, the deep self-test) never takes
-a place in the upload pool, is done once and kept, and is rate-limited per client address."""
+"""Work anonymous clients can cause never takes a place in the upload pool: generated default
+images and the deep self-test are done once and kept, and rate-limited per client address;
+renditions made on first request run on a pool of their own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from collections import Counter
 
 from app.services import defaults as defaults_module
+from app.services import renditions as renditions_module
 from app.services.defaults import SIDE_QUEUE, SIDE_WORKERS
 from tests.client import assert_problem, files
 from tests.conftest import make_settings, running_app
@@ -98,3 +100,37 @@ async def test_the_deep_selftest_runs_at_most_once_per_interval(
         for _ in range(2):
             assert (await client.get("/readyz", params={"deep": 1})).status_code == 200
         assert runs.calls() == 3
+
+
+async def test_a_flood_of_first_requests_for_renditions_leaves_uploads_their_pool(
+    tmp_path, sqlite_url, monkeypatch
+) -> None:
+    """Anyone can ask for a size or format an avatar does not have yet: the renditions are made
+    on a pool of their own, the upload pool's size, and never take an upload's place."""
+    settings = make_settings(tmp_path, database_url=sqlite_url, workers=1, queue_size=1)
+    hold = Hold(tmp_path / "renditions")
+    monkeypatch.setattr(
+        renditions_module, "derive_square", hold.job(renditions_module.derive_square)
+    )
+    async with running_app(settings) as (client, auth):
+        first = await client.post(
+            "/users/me/avatar", headers=auth(), files=files(jpeg_with_metadata())
+        )
+        assert first.status_code == 201, first.text
+        flood = [
+            asyncio.ensure_future(
+                client.get("/avatars/alice", params={"size": size, "format": "avif"})
+            )
+            for size in (16, 24, 32, 48, 64, 96)
+        ]
+        await hold.wait_started()
+        try:
+            response = await client.post(
+                "/users/me/avatar", headers=auth("bob"), files=files(jpeg_with_metadata())
+            )
+            assert response.status_code == 201, response.text
+        finally:
+            hold.release()
+        answers = Counter(r.status_code for r in await asyncio.gather(*flood))
+        assert answers[503] == 6 - 2, answers  # one worker and one waiting place
+        assert answers[200] + answers[302] == 2, answers  # served, or redirected to (S3)

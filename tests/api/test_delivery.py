@@ -140,10 +140,13 @@ async def test_base64_length_is_checked_before_decoding(tmp_path, sqlite_url) ->
 async def test_gravatar_style_url_picks_the_size(client, auth, app) -> None:
     await upload(client, auth, jpeg_with_metadata((900, 600)))
     redirects = app.state.runtime.storage.object_url("avatars/x/thumb.webp") is not None  # S3
-    for wanted, side in ((1, 64), (64, 64), (65, 128), (200, 256), (400, 400), (2000, 400)):
-        response = await client.get("/avatars/alice", params={"size": wanted})
+    webp = {"Accept": "image/webp,*/*"}
+    # The smallest ladder side at least the size asked, never above the 600 px square.
+    for wanted, side in ((1, 16), (64, 64), (65, 96), (200, 256), (400, 400), (2000, 600)):
+        response = await client.get("/avatars/alice", params={"size": wanted}, headers=webp)
         assert response.status_code == (302 if redirects else 200), (wanted, response.text)
         assert response.headers["cache-control"] == "public, max-age=300"
+        assert response.headers["vary"] == "Accept, Sec-CH-Prefers-Reduced-Motion"
         if redirects:
             response = await client.get(response.headers["location"])
         assert response.headers["content-type"] == "image/webp"
@@ -151,18 +154,21 @@ async def test_gravatar_style_url_picks_the_size(client, auth, app) -> None:
         if not redirects:
             etag = response.headers["etag"]
             again = await client.get(
-                "/avatars/alice", params={"size": wanted}, headers={"If-None-Match": etag}
+                "/avatars/alice",
+                params={"size": wanted},
+                headers={**webp, "If-None-Match": etag},
             )
             assert again.status_code == 304
-    default_size = await client.get("/avatars/alice", follow_redirects=True)
-    assert decoded(default_size.content).size == (128, 128)  # 80 px wanted, as Gravatar
+    default_size = await client.get("/avatars/alice", headers=webp, follow_redirects=True)
+    assert decoded(default_size.content).size == (96, 96)  # 80 px wanted, as Gravatar
 
 
 @pytest.mark.parametrize("style", ["initials", "identicon", "mp"])
 async def test_defaults_for_users_without_avatar(client, style: str) -> None:
-    first = await client.get("/avatars/nobody.here", params={"default": style, "size": 96})
-    second = await client.get("/avatars/nobody.here", params={"default": style, "size": 96})
-    other = await client.get("/avatars/someone-else", params={"default": style, "size": 96})
+    params = {"default": style, "size": 96, "format": "webp"}
+    first = await client.get("/avatars/nobody.here", params=params)
+    second = await client.get("/avatars/nobody.here", params=params)
+    other = await client.get("/avatars/someone-else", params=params)
     assert first.status_code == 200
     assert first.headers["content-type"] == "image/webp"
     assert first.headers["cache-control"] == "public, max-age=300"
@@ -190,7 +196,7 @@ async def test_storage_that_serves_objects_gets_a_redirect(client, auth, app) ->
     if storage.object_url("avatars/x/thumb.webp") is None:
         # As S3 would: the objects are fetched from the store (here at the service's /media/).
         storage.object_url = lambda key: f"http://testserver/media/{key}"
-    response = await client.get("/avatars/alice", params={"size": 100})
+    response = await client.get("/avatars/alice", params={"size": 100, "format": "webp"})
     assert response.status_code == 302
     assert response.headers["cache-control"] == "public, max-age=300"
     target = await client.get(response.headers["location"])
@@ -206,6 +212,13 @@ async def test_constraints(client, settings) -> None:
     assert body["max_pixels"] == settings.max_pixels
     assert body["formats"] == ["JPEG", "PNG", "GIF", "WEBP"]
     assert body["sizes"] == [400, 256, 128, 64]
+    assert body["size_ladder"] == [16, 24, 32, 48, 64, 96, 128, 192, 256, 400, 512, 1024]
+    assert body["rendition_content_types"] == [
+        "image/avif",
+        "image/webp",
+        "image/jpeg",
+        "image/png",
+    ]
     assert body["animation"]["max_frames"] == settings.max_frames
     codes = {error["code"] for error in body["error_codes"]}
     assert {

@@ -6,20 +6,8 @@ import logging
 import pytest
 
 from app.core.logging import JsonFormatter
-from tests.client import upload
+from tests.client import metric_value, upload
 from tests.images import jpeg_with_metadata
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        metric, _, value = line.rpartition(" ")
-        if metric.split("{")[0] != name:
-            continue
-        if all(f'{key}="{val}"' in metric for key, val in labels.items()):
-            return float(value)
-    return 0.0
 
 
 async def test_metrics_count_requests_uploads_and_storage(client, auth) -> None:

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from benchmarks import load, pipeline, pool
+from benchmarks import formats, load, pipeline, pool
 from benchmarks.photo import phone_photo
 from benchmarks.server import spawned_server
 
@@ -64,3 +64,13 @@ async def test_pool_benchmark_compares_threads_and_processes(capsys) -> None:
     text = capsys.readouterr().out
     for row in ("threads:", "processes:", "processes / threads:", "the pool adds", "deadline:"):
         assert row in text, text
+
+
+def test_formats_benchmark_prints_every_setting_and_the_chosen_one() -> None:
+    out = io.StringIO()
+    small = [("small phone photo", phone_photo(480, 360))]
+    results = formats.run(http=False, runs=1, out=out, pictures=small)
+    text = out.getvalue()
+    assert formats.CHOSEN in results and "WebP q80 method 6" in results
+    assert all(result.total == 4 for result in results.values())  # 400, 256, 128, 64 px
+    assert "the service's setting" in text and "derived 128 px AVIF in the worker" in text

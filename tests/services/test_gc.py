@@ -17,7 +17,7 @@ from app.core.security import create_token
 from app.core.variants import KEY_PREFIX, object_key
 from app.db.session import create_engine, create_sessionmaker
 from app.main import create_app
-from app.services.gc import MissingObject, reconcile
+from app.services.gc import MissingObject, current_keys, reconcile
 from app.storage import Storage, build_storage
 from tests.client import upload
 from tests.conftest import serving
@@ -164,6 +164,40 @@ async def test_an_upload_in_flight_survives_gc(world: World) -> None:
         assert (await world.fetch(variant["url"])).status_code == 200
     final = await world.reconcile(now=later())
     assert final.orphans == [] and final.clean
+
+
+async def recorded(world: World, key: str, user: str = "alice") -> None:
+    """Wait until the user's row lists ``key`` (a rendition is recorded behind its answer)."""
+    for _ in range(200):
+        if key in (await current_keys(world.sessions, {user})).get(user, set()):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} was never recorded")
+
+
+async def test_renditions_are_live_keys_and_a_dead_derivation_is_an_orphan(world: World) -> None:
+    version = (await world.client.get("/users/alice/avatar")).json()["version"]
+    served = await world.client.get("/avatars/alice", params={"size": 30, "format": "avif"})
+    assert served.status_code in (200, 302)
+    live = object_key(version, "avif-32", "image/avif")
+    await recorded(world, live)
+    # A derivation whose process died between its object and its row: an orphan, not live.
+    dead = object_key(version, "png-16", "image/png")
+    await world.storage.put(dead, b"p" * 321, "image/png")
+
+    report = await world.reconcile(now=later(), apply=True)
+    assert [obj.key for obj in report.orphans] == [dead]
+    assert world.storage.deleted == [dead]
+    assert await world.storage.exists(live) and report.clean
+    again = await world.client.get("/avatars/alice", params={"size": 30, "format": "avif"})
+    assert again.status_code == served.status_code  # the live rendition is served as it was
+
+    assert (
+        await world.client.delete("/users/me/avatar", headers=world.headers())
+    ).status_code == 204
+    assert not await world.storage.exists(live)  # the delete took the rendition with it
+    after = await world.reconcile(now=later())
+    assert after.orphans == [] and after.clean
 
 
 def plant_partial_writes(world: World) -> dict[str, Path]:

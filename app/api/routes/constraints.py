@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import PipelineOptionsDep, SettingsDep
 from app.api.upload import base64_limit
 from app.core.errors import all_error_classes
+from app.core.variants import FORMATS
 
 router = APIRouter(tags=["avatars"])
 
@@ -43,6 +44,14 @@ class Constraints(BaseModel):
     sizes: list[int] = Field(description="Sides of the square variants, largest first.")
     thumbnail_size: int = Field(description="Side of `avatar_thumb_url`.")
     output_content_type: str
+    size_ladder: list[int] = Field(
+        default_factory=list,
+        description="Sides `/avatars/{user_id}?size=N` serves (the smallest at least N).",
+    )
+    rendition_content_types: list[str] = Field(
+        default_factory=list,
+        description="What `/avatars/{user_id}` answers in, by `Accept` or `?format=`.",
+    )
     inline_max_bytes: int
     rate_limit: str | None = Field(description="Uploads per user, e.g. `30/minute`.")
     error_codes: list[ErrorCode]
@@ -76,6 +85,8 @@ async def read_constraints(
         sizes=[side for _name, side in options.squares()],
         thumbnail_size=options.thumbnail_size,
         output_content_type="image/webp",
+        size_ladder=list(settings.size_ladder),
+        rendition_content_types=list(FORMATS.values()),
         inline_max_bytes=settings.inline_max_bytes,
         rate_limit=settings.rate_limit or None,
         error_codes=sorted(

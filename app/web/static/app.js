@@ -239,12 +239,44 @@ function render(doc, crop) {
     figure.append(img, caption);
     list.append(figure);
   }
+  showPicture(doc);
   showSquare(doc, original);
   const origin = window.location.origin;
   const query = crop ? `?crop=${crop}` : "";
   $("curl-command").textContent =
     `curl -H "Authorization: Bearer ${state.token}" \\\n  -F file=@${state.file.name || "photo.jpg"} \\\n  "${origin}/users/me/avatar${query}"`;
   $("json-document").textContent = JSON.stringify(doc, null, 2);
+}
+
+// The document's <picture> sources, as a page would write them; the caption says what was picked.
+function showPicture(doc) {
+  const sources = doc.sources || [];
+  const fallback = sources.find((s) => s.type === "image/jpeg");
+  const picture = document.createElement("picture");
+  for (const source of sources) {
+    if (source === fallback) continue;
+    const element = document.createElement("source");
+    element.type = source.type;
+    element.srcset = source.srcset;
+    element.sizes = "96px";
+    if (source.media) element.media = source.media;
+    picture.append(element);
+  }
+  const img = document.createElement("img");
+  img.id = "picture-image";
+  img.alt = "Your avatar, in the format your browser picked";
+  img.width = 96;
+  img.height = 96;
+  img.sizes = "96px";
+  if (fallback) img.srcset = fallback.srcset;
+  img.addEventListener("load", () => {
+    const name = img.currentSrc.split("/").pop();
+    $("picture-caption").textContent = `Your browser picked ${name}`;
+    img.dataset.picked = name;
+  });
+  picture.append(img);
+  $("picture-frame").replaceChildren(picture);
+  $("picture-markup").textContent = picture.outerHTML.replaceAll("><", ">\n<");
 }
 
 // The square the squares were cut from, over the stored original: move it and save it (PATCH).
