@@ -33,7 +33,8 @@ from PIL import Image
 from app.core.config import Settings
 from app.core.security import create_token
 from app.imaging.pipeline import process_image
-from app.main import create_app, pipeline_options
+from app.main import create_app
+from app.services.runtime import pipeline_options
 from app.storage.local import LocalStorage
 from tests.client import assert_problem, upload
 from tests.conftest import make_settings, missing, serving

@@ -8,13 +8,14 @@ or S3 with AVATAR_TEST_STORAGE=s3) and on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from app.api.deps import get_storage
+from app.api.deps import get_runtime
 from app.core.config import Settings, load_settings
 from app.core.security import create_token
 from app.main import create_app
@@ -141,7 +142,9 @@ async def test_unreachable_s3_gives_503_in_bounded_time_and_changes_nothing(
                 store_before = await store_snapshot(healthy)
                 table_before = await table_snapshot(settings.database_url)
 
-                app.dependency_overrides[get_storage] = lambda: dead
+                # Every route reaches the store through the one runtime: swap it there.
+                broken = dataclasses.replace(app.state.runtime, storage=dead)
+                app.dependency_overrides[get_runtime] = lambda: broken
                 started = time.monotonic()
                 response = await upload(client, color=(0, 0, 255))
                 elapsed = time.monotonic() - started
