@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
 
-.PHONY: install install-browser install-haproxy run test test-fast test-s3 bench stress lint \
+.PHONY: install install-browser install-haproxy install-nginx install-wrk run test test-fast test-s3 bench stress lint \
 	format migrate clean cluster cluster-stop chaos
 
 install: $(STAMP)
@@ -38,7 +38,7 @@ SLOW := browser or corpus or server or postgres
 S3_TESTS := tests/api tests/services
 
 # AVATAR_TEST_SPLIT_DATABASES=1: the second pass repeats nothing (tests/conftest.py says how).
-test: install install-browser install-haproxy
+test: install install-browser install-haproxy install-nginx
 	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
 	AVATAR_TEST_SPLIT_DATABASES=1 $(MAKE) --no-print-directory test-s3
 
@@ -65,6 +65,15 @@ install-browser:
 # The local cluster (`make cluster`, `make chaos`, tests/cluster) balances with Debian's HAProxy.
 install-haproxy:
 	$(call debian-package,haproxy,haproxy,the cluster tests)
+
+# deploy/nginx/avatar.conf, the production answer for /media, runs under Debian's nginx in
+# tests/test_nginx.py and in benchmarks/reads.py.
+install-nginx:
+	$(call debian-package,nginx,nginx,the nginx test)
+
+# benchmarks/reads.py loads its servers with wrk (without it, with a slower load generator).
+install-wrk:
+	$(call debian-package,wrk,wrk,the wrk load in benchmarks/reads.py)
 
 # The API and service tests with S3 storage: a moto S3 server on loopback, over HTTP.
 test-s3: install
