@@ -5,9 +5,6 @@ answers carry the service's own bytes and headers."""
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,12 +13,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from benchmarks.nginx import nginx_binary, running_nginx
 from tests.conftest import missing
 from tests.live import LiveServer, free_port, live_server
 
 pytestmark = pytest.mark.server
 
-CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "avatar.conf"
 # The headers the service's /media route sets, which nginx must set the same.
 MEDIA_HEADERS = (
     "content-type",
@@ -33,73 +30,14 @@ MEDIA_HEADERS = (
 )
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    if found is None:
-        missing("nginx is not installed (make install-nginx)")
-    assert found is not None
-    return found
-
-
-def server_block(*, port: int, upstream: str, media_root: Path) -> str:
-    """deploy/nginx/avatar.conf with this run's port, service address and media folder."""
-    text = CONF.read_text()
-    for default, value in (
-        ("listen 8080;", f"listen 127.0.0.1:{port};"),
-        ("http://127.0.0.1:8000", upstream),
-        ("alias /data/media/;", f"alias {media_root}/;"),
-    ):
-        assert default in text, default
-        text = text.replace(default, value)
-    return text
-
-
 @contextmanager
-def running_nginx(tmp_path: Path, server: LiveServer, media_root: Path) -> Iterator[str]:
-    """nginx in the foreground, one process (no user switch), everything under ``tmp_path``."""
-    binary = nginx_binary()
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    port = free_port()
-    (prefix / "avatar.conf").write_text(
-        server_block(port=port, upstream=server.base_url, media_root=media_root)
-    )
-    temp = "\n".join(
-        f"    {name}_temp_path {prefix / name};"
-        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (prefix / "nginx.conf").write_text(
-        f"daemon off;\nmaster_process off;\npid {prefix / 'nginx.pid'};\n"
-        f"error_log {prefix / 'error.log'} warn;\nevents {{}}\n"
-        f"http {{\n    access_log off;\n{temp}\n    include {prefix / 'avatar.conf'};\n}}\n"
-    )
-    config = ["-p", str(prefix), "-c", str(prefix / "nginx.conf")]
-    checked = subprocess.run([binary, "-t", *config], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    process = subprocess.Popen(
-        [binary, *config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-                raise RuntimeError("nginx did not start:\n" + log)
-            time.sleep(0.05)
+def nginx_in_front(tmp_path: Path, server: LiveServer, media_root: Path) -> Iterator[str]:
+    if nginx_binary() is None:
+        missing("nginx is not installed (make install-nginx)")
+    with running_nginx(
+        tmp_path / "nginx", port=free_port(), upstream=server.base_url, media_root=media_root
+    ) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def photo() -> bytes:
@@ -109,9 +47,8 @@ def photo() -> bytes:
 
 
 def test_nginx_serves_media_with_the_services_bytes_and_headers(tmp_path: Path) -> None:
-    nginx_binary()
     media_root = tmp_path / "data" / "media"
-    with live_server(tmp_path) as server, running_nginx(tmp_path, server, media_root) as proxy:
+    with live_server(tmp_path) as server, nginx_in_front(tmp_path, server, media_root) as proxy:
         token = server.token("nginx-user")
         uploaded = httpx.post(
             f"{proxy}/users/me/avatar",
