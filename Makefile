@@ -93,12 +93,14 @@ cluster-stop:
 chaos: install install-haproxy
 	$(BIN)/python -m cluster.chaos $(CHAOS_ARGS)
 
-# Benchmarks need pyvips (the bench extra) for the reference pipeline.
-bench: install
+# Benchmarks need pyvips (the bench extra) for the reference pipeline; the reads benchmark
+# loads the service, a minimal app and nginx with wrk.
+bench: install install-nginx install-wrk
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.pipeline --wins
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.pool
+	$(BIN)/python -m benchmarks.reads
 
 # 100 clients upload a 10 MB photo at once to a server started for it (SECURITY.md); exits
 # non-zero when a rule breaks. CI runs a reduced version (tests/security/test_stress.py).

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.server import stop
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "deploy" / "nginx" / "avatar.conf"
 # What the shipped file says, and so what a deployment changes.
@@ -77,12 +79,7 @@ def running_nginx(folder: Path, *, port: int, upstream: str, media_root: Path) -
             time.sleep(0.05)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
 
 
 def _answers(url: str) -> bool:

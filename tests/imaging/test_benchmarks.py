@@ -8,9 +8,11 @@ import io
 import pytest
 from PIL import Image
 
-from benchmarks import load, pipeline, pool
+from benchmarks import load, pipeline, pool, reads
+from benchmarks.nginx import nginx_binary
 from benchmarks.photo import phone_photo
 from benchmarks.server import spawned_server
+from tests.conftest import missing
 
 
 def test_phone_photo_is_sideways_with_gps_and_the_same_every_time() -> None:
@@ -64,3 +66,27 @@ async def test_pool_benchmark_compares_threads_and_processes(capsys) -> None:
     text = capsys.readouterr().out
     for row in ("threads:", "processes:", "processes / threads:", "the pool adds", "deadline:"):
         assert row in text, text
+
+
+@pytest.mark.server
+def test_reads_benchmark_loads_the_service_and_its_references() -> None:
+    if nginx_binary() is None:
+        missing("nginx is not installed (make install-nginx)")
+    out = io.StringIO()
+    results = reads.run(
+        users=3, seconds=0.3, connections=4, postgres_url=None, loader="python", out=out
+    )
+    text = out.getvalue()
+    assert set(results) == {"SQLite"}
+    assert set(results["SQLite"]) == {
+        "document service / minimal app",
+        "size=64 service / minimal app",
+        "size=64 service / nginx (/media)",
+        "media service / nginx",
+    }
+    assert all(ratio > 0 for ratio in results["SQLite"].values()), text
+    for row in ("| document  | service ", "| media     | nginx ", "3 avatars uploaded"):
+        assert row in text, text
+    # Every request of the run was answered 200.
+    table = [line.split("|") for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 7 and all(cells[6].strip() == "0" for cells in table[1:]), text
