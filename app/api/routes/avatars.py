@@ -13,6 +13,7 @@ from app.api.deps import (
     PathUserId,
     PipelineOptionsDep,
     PoolDep,
+    ReadsDep,
     SessionsDep,
     SettingsDep,
     StorageDep,
@@ -299,9 +300,9 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses={**_READ_RESPONSES, **problem_responses(errors.NotAuthenticated, *_READ_ERRORS)},
 )
 async def read_my_avatar(
-    user_id: CurrentUser, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
+    user_id: CurrentUser, reads: ReadsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
-    avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+    avatar = await service.read_avatar(reads=reads, user_id=user_id)
     return await write(avatar, inline=inline, public=False)
 
 
@@ -331,7 +332,7 @@ async def delete_my_avatar(
     responses={**_READ_RESPONSES, **problem_responses(*_READ_ERRORS)},
 )
 async def read_avatar(
-    user_id: PathUserId, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
+    user_id: PathUserId, reads: ReadsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
-    avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+    avatar = await service.read_avatar(reads=reads, user_id=user_id)
     return await write(avatar, inline=inline, public=True)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from app.api.caching import image_response
-from app.api.deps import DefaultImagesDep, PathUserId, SessionsDep, SettingsDep, StorageDep
+from app.api.deps import DefaultImagesDep, PathUserId, ReadsDep, SettingsDep, StorageDep
 from app.api.problems import problem_responses
 from app.core import errors
 from app.services import avatars as service
@@ -47,7 +47,7 @@ async def read_avatar_image(
     request: Request,
     user_id: PathUserId,
     settings: SettingsDep,
-    sessions: SessionsDep,
+    reads: ReadsDep,
     storage: StorageDep,
     defaults: DefaultImagesDep,
     size: Annotated[int, Query(ge=1, le=4096, description="Wanted side in px.")] = DEFAULT_SIZE,
@@ -58,7 +58,7 @@ async def read_avatar_image(
 ) -> Response:
     max_age = settings.avatar_max_age
     try:
-        avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+        avatar = await service.read_avatar(reads=reads, user_id=user_id)
     except errors.AvatarNotFound:
         if default == "404":
             raise
