@@ -15,6 +15,8 @@ from app.storage.base import StoredObject, StoreError, is_valid_key
 
 # What ``_put`` names a file while it is written; a dot starts it, so no key can name it.
 TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
+# Files up to this size are read without a thread (``get``).
+INLINE_READ_BYTES = 64 * 1024
 
 
 class LocalStorage:
@@ -50,12 +52,21 @@ class LocalStorage:
             raise
 
     async def get(self, key: str) -> bytes:
-        return await anyio.to_thread.run_sync(self._get, key)
+        # A small file (every square) is read on the event loop: from the page cache that takes
+        # microseconds, less than the hop to a worker thread. A large one goes to a thread.
+        data = self._get(key, max_bytes=INLINE_READ_BYTES)
+        if data is None:
+            data = await anyio.to_thread.run_sync(self._get, key)
+        assert data is not None
+        return data
 
-    def _get(self, key: str) -> bytes:
+    def _get(self, key: str, *, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes; None when it is larger than ``max_bytes``."""
         path = self.path_for(key)
         try:
             with open(path, "rb") as handle:
+                if max_bytes is not None and os.fstat(handle.fileno()).st_size > max_bytes:
+                    return None
                 return handle.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise  # no such object: the caller's 404
