@@ -15,7 +15,8 @@ For each database (SQLite in a fresh folder; a fresh database on the PostgreSQL 
   by the service's own presenter, so its JSON bytes are the service's (checked before loading);
 - nginx: ``deploy/nginx/avatar.conf`` (the production answer for /media) on the media folder.
 
-Then each read is loaded for ``--seconds`` (after a second of warm-up) with ``--connections``
+Then each read is loaded for ``--seconds`` (after a second of warm-up), in ``--rounds``
+rounds (the second in the other order; the best counts), with ``--connections``
 keep-alive connections spread over every user's URL in turn: the document
 ``GET /users/{id}/avatar`` (service, minimal app), ``GET /avatars/{id}?size=64`` (service,
 minimal app; nginx serving the same file from /media), and ``GET /media/{key}`` of the 400 px
@@ -354,6 +355,7 @@ def run_database(
     loader: Callable[..., Load],
     photo: bytes,
     out: IO[str],
+    rounds: int = 2,
 ) -> list[Row]:
     folder = Path(tempfile.mkdtemp(prefix="avatar-reads-"))
     media_root = folder / "media"
@@ -405,16 +407,22 @@ def run_database(
                     ("media", "service", service.url, service.pid, paths["media"]),
                     ("media", "nginx", nginx, None, paths["media"]),
                 ]
-                for read, server, base, pid, targets in plan:
-                    load = measure(
-                        loader,
-                        base,
-                        targets,
-                        seconds=seconds,
-                        connections=connections,
-                        pid=pid,
-                    )
-                    rows.append(Row(read, server, load))
+                best: dict[tuple[str, str], Load] = {}
+                for round_ in range(rounds):
+                    # The second round in the other order: what ran first meets the same noise.
+                    for read, server, base, pid, targets in plan[:: 1 if round_ % 2 == 0 else -1]:
+                        load = measure(
+                            loader,
+                            base,
+                            targets,
+                            seconds=seconds,
+                            connections=connections,
+                            pid=pid,
+                        )
+                        kept = best.get((read, server))
+                        if kept is None or load.per_second > kept.per_second:
+                            best[(read, server)] = load
+                rows = [Row(read, server, best[(read, server)]) for read, server, *_ in plan]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return rows
@@ -474,6 +482,7 @@ def run(
     postgres_url: str | None = DEFAULT_POSTGRES,
     loader: str | None = None,
     photo_size: tuple[int, int] = (640, 480),
+    rounds: int = 2,
     out: IO[str] = sys.stdout,
 ) -> dict[str, dict[str, float]]:
     """Every read on SQLite, then on PostgreSQL (a database made for the run and dropped)."""
@@ -483,7 +492,8 @@ def run(
     if chosen == "wrk" and wrk_binary() is None:
         raise SystemExit("wrk is not installed (make install-wrk), or use --loader python")
     print(
-        f"{users} users, {connections} connections, {seconds:g} s a read, load from {chosen}; "
+        f"{users} users, {connections} connections, {seconds:g} s a read, best of {rounds} "
+        f"rounds, load from {chosen}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
         file=out,
         flush=True,
@@ -496,6 +506,7 @@ def run(
         "loader": LOADERS[chosen],
         "photo": photo,
         "out": out,
+        "rounds": rounds,
     }
     results = {"SQLite": report("SQLite", run_database("SQLite", None, **common), out)}
     if postgres_url:
@@ -526,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0, help="of load per read and server")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="the best of these counts")
     parser.add_argument("--loader", choices=sorted(LOADERS), help="default: wrk when installed")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
@@ -536,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         connections=args.connections,
         postgres_url=None if args.no_postgres else args.postgres_url,
         loader=args.loader,
+        rounds=args.rounds,
     )
 
 

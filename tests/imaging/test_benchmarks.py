@@ -74,7 +74,7 @@ def test_reads_benchmark_loads_the_service_and_its_references() -> None:
         missing("nginx is not installed (make install-nginx)")
     out = io.StringIO()
     results = reads.run(
-        users=3, seconds=0.3, connections=4, postgres_url=None, loader="python", out=out
+        users=3, seconds=0.3, connections=4, postgres_url=None, loader="python", rounds=1, out=out
     )
     text = out.getvalue()
     assert set(results) == {"SQLite"}
