@@ -35,6 +35,7 @@ def test_pipeline_benchmark_prints_every_row_and_ratio() -> None:
     assert results["ours"].original_size == (240, 320)  # upright
     assert results["seed"].original_size == (320, 240)  # the seed does not rotate
     assert "seed / ours" in text and "Each win alone" in text and "WebP method" in text
+    assert "the original on a second thread meanwhile" in text
 
 
 def test_seed_pipeline_is_the_tutorial_one() -> None:
