@@ -39,7 +39,6 @@ import re
 import struct
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -205,8 +204,8 @@ class PipelineOptions:
     thumbnail_quality: int = 80
     # WebP methods, chosen by measurement (benchmarks/pipeline.py --wins; table in the README):
     # the original is made once and seldom downloaded: method 2 encodes it 2.3x faster than 4
-    # for 3% more bytes. The squares are small to encode and downloaded by every avatar list:
-    # method 6 makes them 5% smaller for a few milliseconds.
+    # for 3% more bytes. The squares are downloaded by every avatar list: method 6 makes the
+    # four 2.2% smaller than method 5 for 14 ms more of a 12 MP upload's ~250 ms.
     original_method: int = 2
     square_method: int = 6
     # Without a client crop: how the square is chosen (face, else content, else centre).
@@ -948,60 +947,23 @@ def encode_all(
     """Every variant, encoding each distinct picture once: a square of the same side as another
     (a small image capped them both) or as a square original shares its bytes."""
 
-    # The original encodes on a second thread while the squares encode on this one: Pillow's
-    # WebP encoder releases the GIL, so on two cores an upload takes the longer of the two
-    # instead of their sum, for the same bytes (benchmarks/pipeline.py --wins measures it).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-original") as second:
-        pending = second.submit(
-            encode,
-            [frame.original for frame in rendered],
-            "original",
-            quality=options.original_quality,
-            method=options.original_method,
-            durations=durations,
-            loop=loop,
-            exact=drawing,
-        )
-        if any(square is frame.original for frame in rendered for square in frame.squares):
-            # A square that is the original picture itself (a small one): Pillow keeps a save's
-            # options on the image, so one image is never saved by two threads at once.
-            pending.result()
-        squares = _encode_squares(rendered, durations, loop, layout, options, drawing=drawing)
-        original = pending.result()
+    def animation(pick: Callable[[Rendered], Image.Image]) -> list[Image.Image]:
+        return [pick(frame) for frame in rendered]
+
+    original = encode(
+        animation(lambda r: r.original),
+        "original",
+        quality=options.original_quality,
+        method=options.original_method,
+        durations=durations,
+        loop=loop,
+        exact=drawing,
+    )
     variants = [original]
-    for name, square in squares:
-        variants.append(replace(square or original, name=name))
-    if len(rendered) > 1:
-        first = rendered[0].squares[0]
-        variants.append(
-            encode(
-                [first],
-                "still",
-                quality=options.thumbnail_quality,
-                method=options.square_method,
-                exact=drawing,
-            )
-        )
-    return tuple(variants)
-
-
-def _encode_squares(
-    rendered: list[Rendered],
-    durations: list[int],
-    loop: int,
-    layout: Layout,
-    options: PipelineOptions,
-    *,
-    drawing: bool,
-) -> list[tuple[str, Variant | None]]:
-    """Each square's name and its encoding; None for a square that is the original itself."""
-    original_size = rendered[0].original.size
-    squares: list[tuple[str, Variant | None]] = []
     by_side: dict[int, Variant] = {}
     for index, (name, side) in enumerate(layout.squares):
-        same: Variant | None
-        if layout.square_is_region and original_size == (side, side):
-            same = None
+        if layout.square_is_region and original.width == original.height == side:
+            same = original
         elif side in by_side:
             same = by_side[side]
         else:
@@ -1014,8 +976,19 @@ def _encode_squares(
                 loop=loop,
                 exact=drawing,
             )
-        squares.append((name, same))
-    return squares
+        variants.append(replace(same, name=name))
+    if len(rendered) > 1:
+        first = rendered[0].squares[0]
+        variants.append(
+            encode(
+                [first],
+                "still",
+                quality=options.thumbnail_quality,
+                method=options.square_method,
+                exact=drawing,
+            )
+        )
+    return tuple(variants)
 
 
 def encode(
