@@ -204,8 +204,8 @@ class PipelineOptions:
     thumbnail_quality: int = 80
     # WebP methods, chosen by measurement (benchmarks/pipeline.py --wins; table in the README):
     # the original is made once and seldom downloaded: method 2 encodes it 2.3x faster than 4
-    # for 3% more bytes. The squares are downloaded by every avatar list: method 6 makes the
-    # four 2.2% smaller than method 5 for 14 ms more of a 12 MP upload's ~250 ms.
+    # for 3% more bytes. The squares are small to encode and downloaded by every avatar list:
+    # method 6 makes them 5% smaller for a few milliseconds.
     original_method: int = 2
     square_method: int = 6
     # Without a client crop: how the square is chosen (face, else content, else centre).
