@@ -7,7 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
 
-.PHONY: install install-browser install-haproxy install-exiftool run test test-fast test-s3 bench stress lint \
+.PHONY: install install-browser install-haproxy install-exiftool install-nginx install-wrk run test \
+	test-fast test-s3 bench stress lint \
 	format migrate clean cluster cluster-stop chaos
 
 install: $(STAMP)
@@ -38,7 +39,7 @@ SLOW := browser or corpus or server or postgres
 S3_TESTS := tests/api tests/services
 
 # AVATAR_TEST_SPLIT_DATABASES=1: the second pass repeats nothing (tests/conftest.py says how).
-test: install install-browser install-haproxy install-exiftool
+test: install install-browser install-haproxy install-exiftool install-nginx
 	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
 	AVATAR_TEST_SPLIT_DATABASES=1 $(MAKE) --no-print-directory test-s3
 
@@ -70,6 +71,15 @@ install-exiftool:
 install-haproxy:
 	$(call debian-package,haproxy,haproxy,the cluster tests)
 
+# deploy/nginx/avatar.conf, the production answer for /media, runs under Debian's nginx in
+# tests/test_nginx.py and in benchmarks/reads.py.
+install-nginx:
+	$(call debian-package,nginx,nginx,the nginx test)
+
+# benchmarks/reads.py loads its servers with wrk (without it, with a slower load generator).
+install-wrk:
+	$(call debian-package,wrk,wrk,the wrk load in benchmarks/reads.py)
+
 # The API and service tests with S3 storage: a moto S3 server on loopback, over HTTP.
 test-s3: install
 	AVATAR_TEST_STORAGE=s3 $(PYTEST) -m "not corpus" $(PYTEST_ARGS) $(S3_TESTS)
@@ -88,13 +98,16 @@ cluster-stop:
 chaos: install install-haproxy
 	$(BIN)/python -m cluster.chaos $(CHAOS_ARGS)
 
-# Benchmarks need pyvips (the bench extra) for the reference pipeline.
-bench: install
+# Benchmarks need pyvips (the bench extra) for the reference pipeline; the reads benchmark
+# loads the service, a minimal app and nginx with wrk.
+bench: install install-nginx install-wrk
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.pipeline --wins
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.pool
 	$(BIN)/python -m benchmarks.batch
+	$(BIN)/python -m benchmarks.formats
+	$(BIN)/python -m benchmarks.reads
 
 # 100 clients upload a 10 MB photo at once to a server started for it (SECURITY.md); exits
 # non-zero when a rule breaks. CI runs a reduced version (tests/security/test_stress.py).

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.errors import AvatarNotFound, NotAuthenticated
 from app.core.security import normalize_user_id
+from app.db.reads import AvatarReads
 from app.imaging.pipeline import PipelineOptions
 from app.imaging.pool import WorkerPool
 from app.services.defaults import DefaultImages, SelfTest
@@ -50,6 +51,10 @@ async def get_sessions(runtime: RuntimeDep) -> async_sessionmaker[AsyncSession]:
     return runtime.sessions
 
 
+async def get_reads(runtime: RuntimeDep) -> AvatarReads:
+    return runtime.reads
+
+
 async def get_storage(runtime: RuntimeDep) -> Storage:
     return runtime.storage
 
@@ -76,6 +81,7 @@ async def get_renditions(runtime: RuntimeDep) -> Renditions:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
+ReadsDep = Annotated[AvatarReads, Depends(get_reads)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 PoolDep = Annotated[WorkerPool, Depends(get_pool)]
 PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]

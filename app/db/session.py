@@ -20,17 +20,25 @@ READ_ONLY_OPTION = "avatar_read_only"
 READ_ONLY: dict[str, Any] = {"execution_options": {READ_ONLY_OPTION: True}}
 
 
-def create_engine(database_url: str, *, timeout: float = 10.0) -> AsyncEngine:
+def create_engine(
+    database_url: str,
+    *,
+    timeout: float = 10.0,
+    pre_ping: bool = True,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+) -> AsyncEngine:
     """``timeout``: seconds to connect, and for each statement, on a database server: one that
-    accepts connections but never answers fails the request (503) instead of holding it."""
+    accepts connections but never answers fails the request (503) instead of holding it.
+    ``pre_ping``, ``pool_size``, ``max_overflow``: the server's connection pool."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         connect_args = {"timeout": timeout, "command_timeout": timeout}
         engine = create_async_engine(
             url,
-            pool_pre_ping=True,
-            pool_size=10,
-            max_overflow=10,
+            pool_pre_ping=pre_ping,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
             pool_timeout=timeout,
             connect_args=connect_args if url.get_driver_name() == "asyncpg" else {},
         )

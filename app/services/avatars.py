@@ -35,6 +35,7 @@ from app.core.errors import (
 )
 from app.core.variants import ORIGINAL, StoredVariant, VariantSet, object_key
 from app.db.models import Avatar, utcnow
+from app.db.reads import AvatarReads
 from app.db.session import READ_ONLY
 from app.imaging.autocrop import CropSource
 from app.imaging.pipeline import (
@@ -358,6 +359,14 @@ async def get_avatars(
     async with sessions() as session:
         await session.connection(**READ_ONLY)  # never waits for a writer's lock (SQLite)
         return {avatar.user_id: avatar for avatar in await session.scalars(statement)}
+
+
+async def read_avatar(*, reads: AvatarReads, user_id: str) -> Avatar:
+    """The avatar as a reader sees it: one query, no transaction (``app.db.reads``)."""
+    avatar = await reads.avatar(user_id)
+    if avatar is None:
+        raise AvatarNotFound("This user has no avatar.")
+    return avatar
 
 
 async def delete_avatar(

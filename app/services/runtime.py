@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import ConfigurationError, Settings
 from app.core.metrics import Metrics
+from app.db.reads import AvatarReads
 from app.db.session import create_engine, create_sessionmaker
 from app.imaging.pipeline import PipelineOptions, configure_pillow
 from app.imaging.pool import WorkerPool
@@ -80,6 +81,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    reads: AvatarReads
     storage: Storage
     pool: WorkerPool
     options: PipelineOptions
@@ -94,6 +96,7 @@ async def open_runtime(
     record their calls and jobs."""
     built = storage or build_storage(settings)
     engine = create_engine(settings.database_url, timeout=settings.database_timeout)
+    reads = AvatarReads(engine, timeout=settings.database_timeout)
     pool = worker_pool(settings, metrics=metrics)
     used_storage: Any = InstrumentedStorage(built, metrics) if metrics is not None else built
     try:
@@ -102,12 +105,14 @@ async def open_runtime(
             settings=settings,
             engine=engine,
             sessions=create_sessionmaker(engine),
+            reads=reads,
             storage=used_storage,
             pool=pool,
             options=pipeline_options(settings),
         )
     finally:
         pool.shutdown()
+        await reads.close()
         await engine.dispose()
         if storage is None:
             close_storage(built)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,11 +16,26 @@ from app.storage.base import StoredObject, StoreError, is_valid_key
 
 # What ``_put`` names a file while it is written; a dot starts it, so no key can name it.
 TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
+# Files up to this size are read without a thread (``get``), and kept in memory, up to
+# CACHE_BYTES in all (the least recently read go first).
+INLINE_READ_BYTES = 64 * 1024
+CACHE_BYTES = 32 * 1024 * 1024
+
+# What identifies one file's content: a key's file is written once and never changed, but it
+# can be deleted, and a key written again after gc is a new file (a new inode or time).
+_Signature = tuple[int, int, int]
+
+
+def _signature(stat: os.stat_result) -> _Signature:
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        # Used from the event loop's thread only (``get``'s small reads).
+        self._cache: OrderedDict[str, tuple[_Signature, bytes]] = OrderedDict()
+        self._cached_bytes = 0
 
     def path_for(self, key: str) -> Path:
         """The file behind ``key``; ``FileNotFoundError`` for any key that could leave the root."""
@@ -50,13 +66,58 @@ class LocalStorage:
             raise
 
     async def get(self, key: str) -> bytes:
-        return await anyio.to_thread.run_sync(self._get, key)
+        # A small file (every square) is read on the event loop: from memory after a stat that
+        # shows it is still there, else from the page cache; either takes microseconds, less
+        # than the hop to a worker thread. A large one is read in a thread.
+        data = self._cached(key) or self._get(key, max_bytes=INLINE_READ_BYTES)
+        if data is None:
+            data = await anyio.to_thread.run_sync(self._get, key)
+        assert data is not None
+        return data
 
-    def _get(self, key: str) -> bytes:
+    def _cached(self, key: str) -> bytes | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        try:
+            # The key passed path_for when it was cached; a file put in its place since (even
+            # a link out of the root) has another signature and is read anew.
+            current = _signature(os.stat(self.root / key))
+        except OSError:
+            current = None
+        if current != entry[0]:
+            self._forget(key)
+            return None
+        self._cache.move_to_end(key)
+        return entry[1]
+
+    def _keep(self, key: str, signature: _Signature, data: bytes) -> None:
+        self._forget(key)
+        self._cache[key] = (signature, data)
+        self._cached_bytes += len(data)
+        while self._cached_bytes > CACHE_BYTES:
+            _key, (_signature_, dropped) = self._cache.popitem(last=False)
+            self._cached_bytes -= len(dropped)
+
+    def _forget(self, key: str) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self._cached_bytes -= len(entry[1])
+
+    def _get(self, key: str, *, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes; with ``max_bytes`` (on the event loop), None for a larger file,
+        and a smaller one is kept in memory."""
         path = self.path_for(key)
         try:
             with open(path, "rb") as handle:
-                return handle.read()
+                if max_bytes is None:
+                    return handle.read()
+                stat = os.fstat(handle.fileno())
+                if stat.st_size > max_bytes:
+                    return None
+                data = handle.read()
+            self._keep(key, _signature(stat), data)
+            return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise  # no such object: the caller's 404
         except OSError as exc:  # EIO, EACCES, a stale mount: the store is failing, not the key

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 from app.api.deps import (
     CurrentUser,
     PathUserId,
+    ReadsDep,
     RuntimeDep,
     SessionsDep,
     StorageDep,
@@ -290,9 +291,9 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses={**_READ_RESPONSES, **problem_responses(errors.NotAuthenticated, *_READ_ERRORS)},
 )
 async def read_my_avatar(
-    user_id: CurrentUser, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
+    user_id: CurrentUser, reads: ReadsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
-    avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+    avatar = await service.read_avatar(reads=reads, user_id=user_id)
     return await write(avatar, inline=inline, public=False)
 
 
@@ -322,7 +323,7 @@ async def delete_my_avatar(
     responses={**_READ_RESPONSES, **problem_responses(*_READ_ERRORS)},
 )
 async def read_avatar(
-    user_id: PathUserId, sessions: SessionsDep, write: DocumentDep, inline: InlineQuery = None
+    user_id: PathUserId, reads: ReadsDep, write: DocumentDep, inline: InlineQuery = None
 ) -> Response:
-    avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+    avatar = await service.read_avatar(reads=reads, user_id=user_id)
     return await write(avatar, inline=inline, public=True)

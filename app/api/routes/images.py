@@ -19,8 +19,8 @@ from app.api.caching import IMMUTABLE, image_response
 from app.api.deps import (
     DefaultImagesDep,
     PathUserId,
+    ReadsDep,
     RenditionsDep,
-    SessionsDep,
     SettingsDep,
     StorageDep,
 )
@@ -140,7 +140,7 @@ async def read_avatar_image(
     request: Request,
     user_id: PathUserId,
     settings: SettingsDep,
-    sessions: SessionsDep,
+    reads: ReadsDep,
     storage: StorageDep,
     defaults: DefaultImagesDep,
     renditions: RenditionsDep,
@@ -160,7 +160,7 @@ async def read_avatar_image(
     accept = request.headers.get("accept", "")
     still = _prefers_reduced_motion(request, animate)
     try:
-        avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+        avatar = await service.read_avatar(reads=reads, user_id=user_id)
     except errors.AvatarNotFound:
         if default == "404":
             raise
@@ -214,7 +214,7 @@ async def read_rendition(
     version: str,
     name: str,
     request: Request,
-    sessions: SessionsDep,
+    reads: ReadsDep,
     storage: StorageDep,
     renditions: RenditionsDep,
 ) -> Response:
@@ -223,7 +223,7 @@ async def read_rendition(
     if parsed is None or EXTENSIONS[parsed[0]] != extension:
         raise errors.ResourceNotFound("No such rendition.")
     content_type, side, still = parsed
-    avatar = await service.get_avatar(sessions=sessions, user_id=user_id)
+    avatar = await service.read_avatar(reads=reads, user_id=user_id)
     if (
         avatar.version != version
         or side not in renditions.sides(avatar)
