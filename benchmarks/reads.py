@@ -165,6 +165,11 @@ async def _python_load(
                 await reader.readexactly(length)
                 latencies.append((time.perf_counter() - start) * 1000)
                 errors += head[9:12] != b"200"
+                if b"\r\nconnection: close" in head.lower():
+                    # The server ends a kept-alive connection now and then (nginx after
+                    # keepalive_requests answers): a client opens another, as wrk does.
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
         except (OSError, asyncio.IncompleteReadError):
             errors += 1
         finally:
@@ -384,7 +389,9 @@ def run_database(
 
             paths = {
                 "document": [f"/users/{u}/avatar" for u in user_ids],
-                "image": [f"/avatars/{u}?size={SQUARE}" for u in user_ids],
+                # The stored WebP square, as a client that lists WebP gets it (a client without
+                # an Accept header gets a JPEG rendition, which the references do not make).
+                "image": [f"/avatars/{u}?size={SQUARE}&format=webp" for u in user_ids],
                 "image_file": [f"/media/{key(d, f'thumb-{SQUARE}')}" for d in documents],
                 "media": [f"/media/{key(d, MEDIA_VARIANT)}" for d in documents],
             }
