@@ -10,7 +10,7 @@ version, immutable: the document's ``<picture>`` sources point there until it is
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
@@ -51,6 +51,13 @@ REDUCED_MOTION = "Sec-CH-Prefers-Reduced-Motion"
 NEGOTIATED = {"Vary": f"Accept, {REDUCED_MOTION}", "Accept-CH": REDUCED_MOTION}
 _IMAGE_TYPES: dict[str, object] = {
     "content": {content_type: {} for content_type in FORMATS.values()}
+}
+
+# What both image routes answer besides their problems.
+_IMAGE_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {**_IMAGE_TYPES, "description": "The image."},
+    302: {"description": "Redirect to the stored object (storage that serves objects)."},
+    304: {"description": "Not modified."},
 }
 
 FormatName = Literal["avif", "webp", "jpeg", "png"]
@@ -130,9 +137,7 @@ async def _serve(
     "address (AVATAR_DEFAULT_RATE_LIMIT, then 429).",
     response_class=Response,
     responses={
-        200: {**_IMAGE_TYPES, "description": "The image."},
-        302: {"description": "Redirect to the stored object (storage that serves objects)."},
-        304: {"description": "Not modified."},
+        **_IMAGE_ANSWERS,
         **problem_responses(errors.AvatarNotFound, errors.RateLimited, errors.ServerBusy),
     },
 )
@@ -203,9 +208,7 @@ async def _rendition(
     "replaced version is 404.",
     response_class=Response,
     responses={
-        200: {**_IMAGE_TYPES, "description": "The image."},
-        302: {"description": "Redirect to the stored object (storage that serves objects)."},
-        304: {"description": "Not modified."},
+        **_IMAGE_ANSWERS,
         **problem_responses(errors.AvatarNotFound, errors.ResourceNotFound, errors.ServerBusy),
     },
 )
