@@ -30,12 +30,11 @@ from urllib.parse import quote, urlencode
 from benchmarks.capacity import cpu_seconds
 from benchmarks.photo import phone_photo
 from benchmarks.server import (
-    Client,
     Server,
     add_postgres_option,
-    multipart,
     scratch_postgres,
     spawned_server,
+    upload_avatars,
 )
 
 
@@ -63,16 +62,8 @@ class Way:
 
 def users_with_avatars(server: Server, count: int) -> list[str]:
     """``count`` users, each with an avatar (a small photo, uploaded one after another)."""
-    body, content_type = multipart(phone_photo(320, 240))
     users = [f"batch-user-{n:03}" for n in range(count)]
-    for user in users:
-        client = Client(server, user)
-        try:
-            status, document, _ms = client.upload(body, content_type)
-        finally:
-            client.close()
-        if status != 201:
-            raise RuntimeError(f"upload for {user} answered {status}: {document}")
+    upload_avatars(server, users, phone_photo(320, 240))
     return users
 
 

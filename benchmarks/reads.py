@@ -35,7 +35,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -48,14 +47,13 @@ from benchmarks.nginx import nginx_binary, running_nginx
 from benchmarks.photo import phone_photo
 from benchmarks.server import (
     ROOT,
-    Client,
     Server,
     _free_port,
     _wait_ready,
-    multipart,
     percentile,
     spawned_server,
     stop,
+    upload_avatars,
 )
 
 # The address documents carry: the service's AVATAR_PUBLIC_BASE_URL and the minimal app's base,
@@ -304,29 +302,8 @@ def serve_minimal(port: int, database_url: str, media_root: str) -> None:
 
 def seed(server: Server, users: int, photo: bytes, *, clients: int = 4) -> list[str]:
     """``users`` avatars uploaded through the API, ``clients`` at a time."""
-    body, content_type = multipart(photo)
     user_ids = [f"reader-{number:05d}" for number in range(users)]
-    failures: list[str] = []
-
-    def upload(share: list[str]) -> None:
-        for user_id in share:
-            client = Client(server, user_id)
-            try:
-                status, _document, _ms = client.upload(body, content_type)
-            finally:
-                client.close()
-            if status != 201:
-                failures.append(f"{user_id}: {status}")
-
-    threads = [
-        threading.Thread(target=upload, args=(user_ids[n::clients],)) for n in range(clients)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise RuntimeError(f"{len(failures)} uploads failed, e.g. {failures[0]}")
+    upload_avatars(server, user_ids, photo, clients=clients)
     return user_ids
 
 

@@ -191,6 +191,33 @@ class Client:
         self.connection.close()
 
 
+def upload_avatars(server: Server, user_ids: list[str], photo: bytes, *, clients: int = 1) -> None:
+    """An avatar for each of ``user_ids``, uploaded through the API ``clients`` at a time;
+    ``RuntimeError`` when any upload is refused."""
+    body, content_type = multipart(photo)
+    failures: list[str] = []
+
+    def upload(share: list[str]) -> None:
+        for user_id in share:
+            client = Client(server, user_id)
+            try:
+                status, document, _ms = client.upload(body, content_type)
+            finally:
+                client.close()
+            if status != 201:
+                failures.append(f"{user_id}: {status} {document}")
+
+    threads = [
+        threading.Thread(target=upload, args=(user_ids[n::clients],)) for n in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} uploads failed, e.g. {failures[0]}")
+
+
 def get(server: Server, path: str, *, timeout: float = 10) -> tuple[int, bytes, float]:
     connection = http.client.HTTPConnection(*server.host_port, timeout=timeout)
     try:
