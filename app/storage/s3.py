@@ -16,6 +16,7 @@ GET URLs.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
@@ -47,7 +48,7 @@ _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 
 def build_s3_client(settings: Settings) -> Any:
     """The one boto3 client of the process. Credentials come from boto3's standard chain."""
-    import boto3
+    import botocore.session
     from botocore.config import Config
 
     config = Config(
@@ -61,8 +62,10 @@ def build_s3_client(settings: Settings) -> Any:
         # SigV4 everywhere, presigned URLs included (some regions and stores accept nothing else).
         signature_version="s3v4",
     )
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _service_models())
     try:
-        return boto3.session.Session().client(
+        return session.create_client(
             "s3",
             region_name=settings.s3_region or None,
             endpoint_url=settings.s3_endpoint_url or None,
@@ -70,6 +73,16 @@ def build_s3_client(settings: Settings) -> Any:
         )
     except (BotoCoreError, ValueError) as exc:
         raise ConfigurationError(f"the S3 client cannot be built: {exc}") from None
+
+
+@functools.cache
+def _service_models() -> Any:
+    """botocore's loader of service models, one a process: a new session parses the S3 model
+    again (0.5-1 s), and every app built in one process (the tests build hundreds) would pay
+    that. A client of its own session still finds its credentials anew."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
 
 
 class S3Storage:
