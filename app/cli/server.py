@@ -30,13 +30,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API (run `migrate` first). SIGTERM lets in-flight requests finish."""
-    import asyncio
-
-    from app.core.logging import configure_logging
     from app.core.security import is_loopback_address
-    from app.main import create_app
-    from app.services.runtime import check_storage, close_storage
-    from app.storage import build_storage
 
     settings = exits.settings()
     address = host or settings.host
@@ -46,6 +40,15 @@ def serve(
             "address: development tokens let anyone sign in as anyone",
             exits.USAGE,
         )
+    # The application is imported once the settings are known to be servable: a refusal
+    # above answers at once, without loading the web framework and the imaging stack.
+    import asyncio
+
+    from app.core.logging import configure_logging
+    from app.main import create_app
+    from app.services.runtime import check_storage, close_storage
+    from app.storage import build_storage
+
     # The storage is built and checked here, before uvicorn runs the lifespan, so that a
     # missing bucket or refused credentials end in one line instead of uvicorn's traceback.
     with exits.handled():
