@@ -201,6 +201,11 @@ class CropBox(NamedTuple):
     height: int
 
 
+class WebpSettings(NamedTuple):
+    quality: int
+    method: int
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     # The defaults are the settings' (app.core.config), so a pipeline made with none behaves
@@ -237,6 +242,15 @@ class PipelineOptions:
         """(variant name, side) of every thumbnail, largest first."""
         sides = sorted({self.thumbnail_size, *self.thumbnail_sizes}, reverse=True)
         return tuple((square_name(side, main_side=self.thumbnail_size), side) for side in sides)
+
+    @property
+    def original_webp(self) -> WebpSettings:
+        return WebpSettings(self.original_quality, self.original_method)
+
+    @property
+    def square_webp(self) -> WebpSettings:
+        """Every square's: made at upload (the still too) or derived later."""
+        return WebpSettings(self.thumbnail_quality, self.square_method)
 
 
 @dataclass(frozen=True)
@@ -975,8 +989,7 @@ def encode_all(
     original = encode(
         animation(lambda r: r.original),
         "original",
-        quality=options.original_quality,
-        method=options.original_method,
+        options.original_webp,
         durations=durations,
         loop=loop,
         exact=drawing,
@@ -992,8 +1005,7 @@ def encode_all(
             same = by_side[side] = encode(
                 [frame.squares[index] for frame in rendered],
                 name,
-                quality=options.thumbnail_quality,
-                method=options.square_method,
+                options.square_webp,
                 durations=durations,
                 loop=loop,
                 exact=drawing,
@@ -1001,28 +1013,20 @@ def encode_all(
         variants.append(replace(same, name=name))
     if len(rendered) > 1:
         first = rendered[0].squares[0]
-        variants.append(
-            encode(
-                [first],
-                "still",
-                quality=options.thumbnail_quality,
-                method=options.square_method,
-                exact=drawing,
-            )
-        )
+        variants.append(encode([first], "still", options.square_webp, exact=drawing))
     return tuple(variants)
 
 
 def encode(
     frames: list[Image.Image],
     name: str,
+    settings: WebpSettings,
     *,
-    quality: int,
-    method: int,
     durations: list[int] | None = None,
     loop: int = 0,
     exact: bool = False,
 ) -> Variant:
+    quality, method = settings
     first = frames[0]
     if len(frames) == 1:
         data = _encode_still(first, quality=quality, method=method, exact=exact)
@@ -1117,15 +1121,15 @@ def encode_as(
         frame.info = {}
     first, rest = frames[0], frames[1:]
     if content_type == WEBP:
-        return encode(
+        square = encode(
             frames,
             "webp",
-            quality=options.thumbnail_quality,
-            method=options.square_method,
+            options.square_webp,
             durations=durations,
             loop=loop,
             exact=is_drawing(first),
-        ).data
+        )
+        return square.data
     animation: dict[str, object] = (
         {"save_all": True, "append_images": rest, "duration": durations, "loop": loop}
         if rest
