@@ -44,7 +44,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageFile
@@ -201,7 +201,9 @@ class CropBox(NamedTuple):
     height: int
 
 
-class WebpSettings(NamedTuple):
+class WebpSettings(TypedDict):
+    """The keywords ``encode`` takes for one kind of variant."""
+
     quality: int
     method: int
 
@@ -245,12 +247,12 @@ class PipelineOptions:
 
     @property
     def original_webp(self) -> WebpSettings:
-        return WebpSettings(self.original_quality, self.original_method)
+        return WebpSettings(quality=self.original_quality, method=self.original_method)
 
     @property
     def square_webp(self) -> WebpSettings:
         """Every square's: made at upload (the still too) or derived later."""
-        return WebpSettings(self.thumbnail_quality, self.square_method)
+        return WebpSettings(quality=self.thumbnail_quality, method=self.square_method)
 
 
 @dataclass(frozen=True)
@@ -989,7 +991,7 @@ def encode_all(
     original = encode(
         animation(lambda r: r.original),
         "original",
-        options.original_webp,
+        **options.original_webp,
         durations=durations,
         loop=loop,
         exact=drawing,
@@ -1005,7 +1007,7 @@ def encode_all(
             same = by_side[side] = encode(
                 [frame.squares[index] for frame in rendered],
                 name,
-                options.square_webp,
+                **options.square_webp,
                 durations=durations,
                 loop=loop,
                 exact=drawing,
@@ -1013,20 +1015,20 @@ def encode_all(
         variants.append(replace(same, name=name))
     if len(rendered) > 1:
         first = rendered[0].squares[0]
-        variants.append(encode([first], "still", options.square_webp, exact=drawing))
+        variants.append(encode([first], "still", **options.square_webp, exact=drawing))
     return tuple(variants)
 
 
 def encode(
     frames: list[Image.Image],
     name: str,
-    settings: WebpSettings,
     *,
+    quality: int,
+    method: int,
     durations: list[int] | None = None,
     loop: int = 0,
     exact: bool = False,
 ) -> Variant:
-    quality, method = settings
     first = frames[0]
     if len(frames) == 1:
         data = _encode_still(first, quality=quality, method=method, exact=exact)
@@ -1121,15 +1123,14 @@ def encode_as(
         frame.info = {}
     first, rest = frames[0], frames[1:]
     if content_type == WEBP:
-        square = encode(
+        return encode(
             frames,
             "webp",
-            options.square_webp,
+            **options.square_webp,
             durations=durations,
             loop=loop,
             exact=is_drawing(first),
-        )
-        return square.data
+        ).data
     animation: dict[str, object] = (
         {"save_all": True, "append_images": rest, "duration": durations, "loop": loop}
         if rest
