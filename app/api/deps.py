@@ -3,7 +3,8 @@ built once in the lifespan; nothing here reads a request body."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, Request
@@ -41,53 +42,30 @@ async def get_runtime(request: Request) -> ServiceRuntime:
 
 
 RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
+T = TypeVar("T")
 
 
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
+def _part(read: Callable[[ServiceRuntime], T]) -> Callable[[ServiceRuntime], Awaitable[T]]:
+    """A dependency giving one part of the runtime (each call a dependency of its own, so
+    FastAPI's per-request cache tells them apart)."""
+
+    async def part(runtime: RuntimeDep) -> T:
+        return read(runtime)
+
+    return part
 
 
-async def get_sessions(runtime: RuntimeDep) -> async_sessionmaker[AsyncSession]:
-    return runtime.sessions
-
-
-async def get_reads(runtime: RuntimeDep) -> AvatarReads:
-    return runtime.reads
-
-
-async def get_storage(runtime: RuntimeDep) -> Storage:
-    return runtime.storage
-
-
-async def get_pool(runtime: RuntimeDep) -> WorkerPool:
-    return runtime.pool
-
-
-async def get_pipeline_options(runtime: RuntimeDep) -> PipelineOptions:
-    return runtime.options
-
-
-async def get_default_images(runtime: RuntimeDep) -> DefaultImages:
-    return runtime.default_images
-
-
-async def get_selftest(runtime: RuntimeDep) -> SelfTest:
-    return runtime.selftest
-
-
-async def get_renditions(runtime: RuntimeDep) -> Renditions:
-    return runtime.renditions
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessions)]
-ReadsDep = Annotated[AvatarReads, Depends(get_reads)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
-PoolDep = Annotated[WorkerPool, Depends(get_pool)]
-PipelineOptionsDep = Annotated[PipelineOptions, Depends(get_pipeline_options)]
-DefaultImagesDep = Annotated[DefaultImages, Depends(get_default_images)]
-SelfTestDep = Annotated[SelfTest, Depends(get_selftest)]
-RenditionsDep = Annotated[Renditions, Depends(get_renditions)]
+SettingsDep = Annotated[Settings, Depends(_part(lambda runtime: runtime.settings))]
+SessionsDep = Annotated[
+    async_sessionmaker[AsyncSession], Depends(_part(lambda runtime: runtime.sessions))
+]
+ReadsDep = Annotated[AvatarReads, Depends(_part(lambda runtime: runtime.reads))]
+StorageDep = Annotated[Storage, Depends(_part(lambda runtime: runtime.storage))]
+PoolDep = Annotated[WorkerPool, Depends(_part(lambda runtime: runtime.pool))]
+PipelineOptionsDep = Annotated[PipelineOptions, Depends(_part(lambda runtime: runtime.options))]
+DefaultImagesDep = Annotated[DefaultImages, Depends(_part(lambda runtime: runtime.default_images))]
+SelfTestDep = Annotated[SelfTest, Depends(_part(lambda runtime: runtime.selftest))]
+RenditionsDep = Annotated[Renditions, Depends(_part(lambda runtime: runtime.renditions))]
 
 
 async def get_current_user(

@@ -157,6 +157,11 @@ def parse_json(raw: bytes) -> object:
         raise InvalidRequest("The JSON body is nested too deeply.") from None
 
 
+# What ``read_json_body`` answers besides a body over its size (``PayloadTooLarge``, which a
+# route may turn into its own), for the ``problem_responses`` of the routes that call it.
+JSON_BODY_ERRORS = (RequestTimeout, UnsupportedContentType, InvalidRequest)
+
+
 async def read_json_body(
     request: Request, max_bytes: int, *, idle_timeout: float, total_timeout: float
 ) -> object:

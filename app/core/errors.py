@@ -49,6 +49,7 @@ Nothing here imports a web framework: services and the pipeline raise these, the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 PROBLEM_TYPE_PREFIX = "urn:avatar-service:problem:"
@@ -58,10 +59,24 @@ class AppError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal server error"
+    # Headers every answer of this error carries.
+    fixed_headers: ClassVar[Mapping[str, str]] = {}
+    # Seconds the client is asked to wait before retrying (Retry-After), unless the raiser
+    # says otherwise; None: the answer carries no Retry-After.
+    retry_after: ClassVar[int | None] = None
 
-    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        retry_after: int | None = None,
+    ):
         self.detail = detail or self.title
-        self.headers = headers or {}
+        self.headers = {**self.fixed_headers, **(headers or {})}
+        wait = self.retry_after if retry_after is None else retry_after
+        if wait is not None:
+            self.headers["Retry-After"] = str(wait)
         super().__init__(self.detail)
 
     @property
@@ -83,9 +98,7 @@ class NotAuthenticated(AppError):
     status = 401
     code = "not_authenticated"
     title = "Not authenticated"
-
-    def __init__(self, detail: str | None = None):
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="avatar-service"'})
+    fixed_headers = {"WWW-Authenticate": 'Bearer realm="avatar-service"'}
 
 
 class AvatarNotFound(AppError):
@@ -144,9 +157,7 @@ class RequestTimeout(AppError):
     status = 408
     code = "request_timeout"
     title = "Request too slow"
-
-    def __init__(self, detail: str | None = None):
-        super().__init__(detail, headers={"Connection": "close"})
+    fixed_headers = {"Connection": "close"}
 
 
 class HeadersTooLarge(AppError):
@@ -233,9 +244,7 @@ class IdempotencyKeyInUse(AppError):
     status = 409
     code = "idempotency_key_in_use"
     title = "Idempotency-Key in use"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    retry_after = 1
 
 
 class ImageError(AppError):
@@ -289,18 +298,14 @@ class ServerBusy(AppError):
     status = 503
     code = "server_busy"
     title = "Server busy"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    retry_after = 1
 
 
 class ServiceUnavailable(AppError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 5):
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    retry_after = 5
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -325,18 +330,14 @@ class InsufficientStorage(AppError):
     status = 507
     code = "insufficient_storage"
     title = "Insufficient storage"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 60):
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    retry_after = 60
 
 
 class RateLimited(AppError):
     status = 429
     code = "rate_limited"
     title = "Too many requests"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+    retry_after = 1
 
 
 def all_error_classes() -> list[type[AppError]]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 ORIGINAL = "original"
@@ -103,15 +103,7 @@ class StoredVariant:
 
     def to_json(self) -> dict[str, Any]:
         """The row's JSON object: every field, in declaration order."""
-        return {
-            "name": self.name,
-            "key": self.key,
-            "width": self.width,
-            "height": self.height,
-            "bytes": self.bytes,
-            "content_type": self.content_type,
-            "frames": self.frames,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> StoredVariant:

@@ -44,7 +44,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageFile
@@ -201,6 +201,13 @@ class CropBox(NamedTuple):
     height: int
 
 
+class WebpSettings(TypedDict):
+    """The keywords ``encode`` takes for one kind of variant."""
+
+    quality: int
+    method: int
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     # The defaults are the settings' (app.core.config), so a pipeline made with none behaves
@@ -237,6 +244,15 @@ class PipelineOptions:
         """(variant name, side) of every thumbnail, largest first."""
         sides = sorted({self.thumbnail_size, *self.thumbnail_sizes}, reverse=True)
         return tuple((square_name(side, main_side=self.thumbnail_size), side) for side in sides)
+
+    @property
+    def original_webp(self) -> WebpSettings:
+        return WebpSettings(quality=self.original_quality, method=self.original_method)
+
+    @property
+    def square_webp(self) -> WebpSettings:
+        """Every square's: made at upload (the still too) or derived later."""
+        return WebpSettings(quality=self.thumbnail_quality, method=self.square_method)
 
 
 @dataclass(frozen=True)
@@ -975,8 +991,7 @@ def encode_all(
     original = encode(
         animation(lambda r: r.original),
         "original",
-        quality=options.original_quality,
-        method=options.original_method,
+        **options.original_webp,
         durations=durations,
         loop=loop,
         exact=drawing,
@@ -992,8 +1007,7 @@ def encode_all(
             same = by_side[side] = encode(
                 [frame.squares[index] for frame in rendered],
                 name,
-                quality=options.thumbnail_quality,
-                method=options.square_method,
+                **options.square_webp,
                 durations=durations,
                 loop=loop,
                 exact=drawing,
@@ -1001,15 +1015,7 @@ def encode_all(
         variants.append(replace(same, name=name))
     if len(rendered) > 1:
         first = rendered[0].squares[0]
-        variants.append(
-            encode(
-                [first],
-                "still",
-                quality=options.thumbnail_quality,
-                method=options.square_method,
-                exact=drawing,
-            )
-        )
+        variants.append(encode([first], "still", **options.square_webp, exact=drawing))
     return tuple(variants)
 
 
@@ -1120,8 +1126,7 @@ def encode_as(
         return encode(
             frames,
             "webp",
-            quality=options.thumbnail_quality,
-            method=options.square_method,
+            **options.square_webp,
             durations=durations,
             loop=loop,
             exact=is_drawing(first),

@@ -17,7 +17,7 @@ from app.api.deps import BaseUrl, SessionsDep, SettingsDep, StorageDep
 from app.api.presenter import build_batch
 from app.api.problems import problem_responses
 from app.api.schemas import AvatarBatch
-from app.api.upload import read_json_body
+from app.api.upload import JSON_BODY_ERRORS, read_json_body
 from app.core import errors
 from app.core.security import MAX_USER_ID_LENGTH, USER_ID_RULES, normalize_user_id
 from app.services import avatars as service
@@ -183,10 +183,8 @@ _LOOKUP_BODY = {
         200: {"headers": _BATCH_HEADERS},
         **problem_responses(
             *_ID_ERRORS,
-            errors.InvalidRequest,
+            *JSON_BODY_ERRORS,
             errors.BodyTooLarge,
-            errors.UnsupportedContentType,
-            errors.RequestTimeout,
             errors.PreconditionFailed,
             errors.DatabaseUnavailable,
         ),

@@ -118,35 +118,35 @@ function resetCrop() {
   drawCrop();
 }
 
-function clampCrop() {
-  const { width, height } = state.natural;
-  const c = state.crop;
-  c.size = Math.max(1, Math.min(c.size, width, height));
-  c.x = Math.max(0, Math.min(c.x, width - c.size));
-  c.y = Math.max(0, Math.min(c.y, height - c.size));
+// A square ({x, y, size} in pixels) kept inside an image of `width` x `height`, shown on its
+// sliders (ids.size, ids.x, ids.y; each with an "-out" text) and as the box (ids.box) drawn
+// over the image. The crop before an upload and the stored square after it both use it.
+function drawSquareOn(square, { width, height }, ids) {
+  square.size = Math.max(1, Math.min(square.size, width, height));
+  square.x = Math.max(0, Math.min(square.x, width - square.size));
+  square.y = Math.max(0, Math.min(square.y, height - square.size));
+  $(ids.x).max = String(width - square.size);
+  $(ids.y).max = String(height - square.size);
+  for (const key of ["x", "y", "size"]) {
+    $(ids[key]).value = String(square[key]);
+    $(`${ids[key]}-out`).textContent = `${square[key]} px`;
+  }
+  const box = $(ids.box);
+  box.style.left = `${(100 * square.x) / width}%`;
+  box.style.top = `${(100 * square.y) / height}%`;
+  box.style.width = `${(100 * square.size) / width}%`;
+  box.style.height = `${(100 * square.size) / height}%`;
 }
+
+const CROP_IDS = { size: "crop-size", x: "crop-x", y: "crop-y", box: "crop-box" };
+const SQUARE_IDS = { size: "square-zoom", x: "square-across", y: "square-down", box: "square-box" };
 
 function drawCrop() {
   if (!state.natural) return;
-  clampCrop();
-  const c = state.crop;
-  const { width, height } = state.natural;
+  drawSquareOn(state.crop, state.natural, CROP_IDS);
   const enabled = $("crop-enabled").checked;
-  for (const id of ["crop-size", "crop-x", "crop-y"]) $(id).disabled = !enabled;
-  $("crop-x").max = String(width - c.size);
-  $("crop-y").max = String(height - c.size);
-  $("crop-x").value = String(c.x);
-  $("crop-y").value = String(c.y);
-  $("crop-size").value = String(c.size);
-  $("crop-size-out").textContent = `${c.size} px`;
-  $("crop-x-out").textContent = `${c.x} px`;
-  $("crop-y-out").textContent = `${c.y} px`;
-  const box = $("crop-box");
-  box.hidden = !enabled;
-  box.style.left = `${(100 * c.x) / width}%`;
-  box.style.top = `${(100 * c.y) / height}%`;
-  box.style.width = `${(100 * c.size) / width}%`;
-  box.style.height = `${(100 * c.size) / height}%`;
+  for (const id of [CROP_IDS.size, CROP_IDS.x, CROP_IDS.y]) $(id).disabled = !enabled;
+  $(CROP_IDS.box).hidden = !enabled;
 }
 
 function updateButton() {
@@ -296,24 +296,7 @@ function showSquare(doc, original) {
 }
 
 function drawSquare() {
-  const s = state.square;
-  const { width, height } = state.stored;
-  s.size = Math.max(1, Math.min(s.size, width, height));
-  s.x = Math.max(0, Math.min(s.x, width - s.size));
-  s.y = Math.max(0, Math.min(s.y, height - s.size));
-  $("square-across").max = String(width - s.size);
-  $("square-down").max = String(height - s.size);
-  $("square-zoom").value = String(s.size);
-  $("square-across").value = String(s.x);
-  $("square-down").value = String(s.y);
-  $("square-zoom-out").textContent = `${s.size} px`;
-  $("square-across-out").textContent = `${s.x} px`;
-  $("square-down-out").textContent = `${s.y} px`;
-  const box = $("square-box");
-  box.style.left = `${(100 * s.x) / width}%`;
-  box.style.top = `${(100 * s.y) / height}%`;
-  box.style.width = `${(100 * s.size) / width}%`;
-  box.style.height = `${(100 * s.size) / height}%`;
+  drawSquareOn(state.square, state.stored, SQUARE_IDS);
 }
 
 function moveSquare(key, value) {
