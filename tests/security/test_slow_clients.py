@@ -153,22 +153,26 @@ def test_trickled_and_stalled_bodies_are_cut_off_while_others_are_served(server)
             select.select([sock], [], [], 30)
             outcomes["staller"] = (*read_response(sock), time.monotonic() - started)
 
-    bad = [threading.Thread(target=trickler), threading.Thread(target=staller)]
-    for thread in bad:
-        thread.start()
-    time.sleep(0.3)  # both are connected and sending slowly
+    def upload(client: httpx.Client) -> None:
+        response = client.post(
+            "/users/me/avatar",
+            headers={"Authorization": f"Bearer {token('good')}"},
+            files={"file": ("a.jpg", image, "image/jpeg")},
+        )
+        assert response.status_code == 201, response.text
 
-    # Meanwhile, others are served at once: uploads, reads, health checks.
     served = []
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        upload(client)  # the first image job starts its worker process: not what is timed here
+        bad = [threading.Thread(target=trickler), threading.Thread(target=staller)]
+        for thread in bad:
+            thread.start()
+        time.sleep(0.3)  # both are connected and sending slowly
+
+        # Meanwhile, others are served at once: uploads, reads, health checks.
         while bad[0].is_alive() and len(served) < 6:
             started = time.monotonic()
-            response = client.post(
-                "/users/me/avatar",
-                headers={"Authorization": f"Bearer {token('good')}"},
-                files={"file": ("a.jpg", image, "image/jpeg")},
-            )
-            assert response.status_code == 201, response.text
+            upload(client)
             assert client.get("/users/good/avatar").status_code == 200
             assert client.get("/healthz").status_code == 200
             served.append(time.monotonic() - started)
