@@ -64,6 +64,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if repeated:
             config.hook.pytest_deselected(items=repeated)
             items[:] = [item for item in items if item not in set(repeated)]
+    # The tests that start processes take seconds each, the others milliseconds: run the long
+    # ones first, so that the workers end together on short ones instead of one worker finishing
+    # a long test alone at the end (the sort is stable: a module's tests keep their order).
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in MAY_START_PROCESSES))
 
 
 def _repeated_in_the_other_pass(item: pytest.Item) -> bool:
