@@ -82,7 +82,8 @@ def create_app(settings: Settings | None = None, *, storage: Storage | None = No
     app.include_router(images.router)
     app.include_router(batch.router)
     app.include_router(constraints.router)
-    app.include_router(media.router)
+    app.include_router(media.router)  # the OpenAPI entry; media.route, first, answers
+    app.router.routes.insert(0, media.route)
     app.include_router(health.router)
     app.include_router(metrics.router)
     if settings.dev_tokens:  # only ever explicitly (see Settings._check_dev_tokens)
