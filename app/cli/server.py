@@ -52,7 +52,7 @@ def serve(
         storage = build_storage(settings)
         try:
             asyncio.run(check_storage(storage))
-            app = create_app(settings, storage=storage)
+            app = create_app(settings, storage=storage, serving=True)
         except BaseException:
             close_storage(storage)
             raise
