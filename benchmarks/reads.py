@@ -315,8 +315,8 @@ def minimal_from_environment() -> Any:
 
 
 def serve_minimal(port: int) -> None:
-    """The minimal app under the service's server: uvicorn, its default event loop (uvloop,
-    installed with the service) and httptools, in as many processes as the service."""
+    """The minimal app under the service's server: uvicorn on uvloop and httptools, in as many
+    processes as the service."""
     import uvicorn
 
     processes = int(os.environ.get(MINIMAL_PROCESSES, "1"))
@@ -327,6 +327,7 @@ def serve_minimal(port: int) -> None:
         host="127.0.0.1",
         port=port,
         http="httptools",
+        loop="uvloop",
         access_log=False,
         log_level="warning",
     )
