@@ -4,15 +4,18 @@ nginx on the same files.
     python -m benchmarks.reads                      # SQLite and PostgreSQL, 1,000 users, wrk
     python -m benchmarks.reads --users 200 --seconds 5 --no-postgres
     python -m benchmarks.reads --loader python      # without wrk: a slower load generator
+    python -m benchmarks.reads --processes 2        # the service and the minimal app, 2 each
 
 For each database (SQLite in a fresh folder; a fresh database on the PostgreSQL server of
-``--postgres-url``) it starts three servers on loopback, each one process:
+``--postgres-url``) it starts three servers on loopback:
 
-- the service: ``avatar-service serve`` with its defaults (log level INFO, the access log on),
-  local storage, ``--users`` users' avatars uploaded to it through its API first;
-- the minimal app: Starlette under uvicorn (httptools), one route per read, SQLAlchemy Core on
-  the same driver with an autocommit connection (one round trip a read), the document built
-  by the service's own presenter, so its JSON bytes are the service's (checked before loading);
+- the service: ``avatar-service serve`` with its defaults (log level INFO, the access log on,
+  one server process, or ``--processes``), local storage, ``--users`` users' avatars uploaded
+  to it through its API first;
+- the minimal app: Starlette under the same server (uvicorn with uvloop and httptools, as many
+  processes), one route per read, SQLAlchemy Core on the same driver with an autocommit
+  connection (one round trip a read), the document built by the service's own presenter, so
+  its JSON bytes are the service's (checked before loading);
 - nginx: ``deploy/nginx/avatar.conf`` (the production answer for /media) on the media folder.
 
 Then each read is loaded for ``--seconds`` (after a second of warm-up), in ``--rounds``
@@ -21,8 +24,8 @@ keep-alive connections spread over every user's URL in turn: the document
 ``GET /users/{id}/avatar`` (service, minimal app), ``GET /avatars/{id}?size=64`` (service,
 minimal app; nginx serving the same file from /media), and ``GET /media/{key}`` of the 400 px
 square (service, nginx). It prints requests/s, p50 and p99 latency, errors, the server's CPU
-per request, and the service's ratio to each reference. Only loopback addresses are loaded,
-each for a bounded time.
+per request (of all its processes), and the service's ratio to each reference. Only loopback
+addresses are loaded, each for a bounded time.
 """
 
 from __future__ import annotations
@@ -185,9 +188,17 @@ LOADERS: dict[str, Callable[..., Load]] = {"wrk": wrk_load, "python": python_loa
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time so far of a process and of its live children (the server
+    processes ``--processes`` starts, and the image workers, idle while reads run)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(child) for child in task.read_text().split()]
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def measure(
@@ -270,13 +281,18 @@ def minimal_app(database_url: str, media_root: Path) -> Any:
 
 
 @contextmanager
-def spawned_minimal(database_url: str, media_root: Path) -> Iterator[Server]:
+def spawned_minimal(database_url: str, media_root: Path, processes: int = 1) -> Iterator[Server]:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.reads", "--serve-minimal", str(port), database_url]
-        + [str(media_root)],
+        [sys.executable, "-m", "benchmarks.reads", "--serve-minimal", str(port)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            MINIMAL_DATABASE: database_url,
+            MINIMAL_MEDIA: str(media_root),
+            MINIMAL_PROCESSES: str(processes),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -288,12 +304,32 @@ def spawned_minimal(database_url: str, media_root: Path) -> Iterator[Server]:
         stop(process)
 
 
-def serve_minimal(port: int, database_url: str, media_root: str) -> None:
+# What the minimal app's processes read their data from (each builds its own app).
+MINIMAL_DATABASE = "READS_MINIMAL_DATABASE_URL"
+MINIMAL_MEDIA = "READS_MINIMAL_MEDIA_ROOT"
+MINIMAL_PROCESSES = "READS_MINIMAL_PROCESSES"
+
+
+def minimal_from_environment() -> Any:
+    return minimal_app(os.environ[MINIMAL_DATABASE], Path(os.environ[MINIMAL_MEDIA]))
+
+
+def serve_minimal(port: int) -> None:
+    """The minimal app under the service's server: uvicorn on uvloop and httptools, in as many
+    processes as the service."""
     import uvicorn
 
-    app = minimal_app(database_url, Path(media_root))
+    processes = int(os.environ.get(MINIMAL_PROCESSES, "1"))
     uvicorn.run(
-        app, host="127.0.0.1", port=port, http="httptools", access_log=False, log_level="warning"
+        "benchmarks.reads:minimal_from_environment",
+        factory=True,
+        workers=processes if processes > 1 else None,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        log_level="warning",
     )
 
 
@@ -338,6 +374,7 @@ def run_database(
     photo: bytes,
     out: IO[str],
     rounds: int = 2,
+    processes: int = 1,
 ) -> list[Row]:
     folder = Path(tempfile.mkdtemp(prefix="avatar-reads-"))
     media_root = folder / "media"
@@ -350,6 +387,7 @@ def run_database(
             public_base_url=PUBLIC_BASE_URL,
             log_level="INFO",
             workers="2",
+            processes=str(processes),
         ) as service:
             started = time.perf_counter()
             user_ids = seed(service, users, photo)
@@ -373,7 +411,7 @@ def run_database(
                 "media": [f"/media/{key(d, MEDIA_VARIANT)}" for d in documents],
             }
             with (
-                spawned_minimal(url, media_root) as minimal,
+                spawned_minimal(url, media_root, processes) as minimal,
                 running_nginx(
                     folder / "nginx",
                     port=_free_port(),
@@ -467,6 +505,7 @@ def run(
     loader: str | None = None,
     photo_size: tuple[int, int] = (640, 480),
     rounds: int = 2,
+    processes: int = 1,
     out: IO[str] = sys.stdout,
 ) -> dict[str, dict[str, float]]:
     """Every read on SQLite, then on PostgreSQL (a database made for the run and dropped)."""
@@ -477,7 +516,8 @@ def run(
         raise SystemExit("wrk is not installed (make install-wrk), or use --loader python")
     print(
         f"{users} users, {connections} connections, {seconds:g} s a read, best of {rounds} "
-        f"rounds, load from {chosen}; "
+        f"rounds, {processes} server process{'es' if processes > 1 else ''} each, "
+        f"load from {chosen}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
         file=out,
         flush=True,
@@ -491,6 +531,7 @@ def run(
         "photo": photo,
         "out": out,
         "rounds": rounds,
+        "processes": processes,
     }
     results = {"SQLite": report("SQLite", run_database("SQLite", None, **common), out)}
     if postgres_url:
@@ -515,13 +556,19 @@ def _on_postgres(postgres_url: str, common: dict[str, Any], out: IO[str]) -> dic
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--serve-minimal"]:
-        serve_minimal(int(arguments[1]), arguments[2], arguments[3])
+        serve_minimal(int(arguments[1]))
         return
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reads", description=__doc__)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0, help="of load per read and server")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="the best of these counts")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes of the service (AVATAR_PROCESSES) and of the minimal app",
+    )
     parser.add_argument("--loader", choices=sorted(LOADERS), help="default: wrk when installed")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
@@ -533,6 +580,7 @@ def main(argv: list[str] | None = None) -> None:
         postgres_url=None if args.no_postgres else args.postgres_url,
         loader=args.loader,
         rounds=args.rounds,
+        processes=args.processes,
     )
 
 

@@ -55,7 +55,7 @@ def serve(
         storage = build_storage(settings)
         try:
             asyncio.run(check_storage(storage))
-            app = create_app(settings, storage=storage)
+            app = create_app(settings, storage=storage, serving=True)
         except BaseException:
             close_storage(storage)
             raise
@@ -93,8 +93,10 @@ def _run_uvicorn(
         # uvicorn annotates this `int | None` but only hands it to asyncio.wait_for, which takes
         # any number of seconds; AVATAR_SHUTDOWN_TIMEOUT may be fractional.
         timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
-        # httptools with the request head bounded in size and time (app/api/protocol.py).
+        # httptools with the request head bounded in size and time (app/api/protocol.py), on
+        # uvloop: by name, so that a missing uvloop fails here instead of serving slower.
         http="app.api.protocol:BoundedHttpToolsProtocol",
+        loop="uvloop",
     )
 
 

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
-from tests.client import upload
+from app.core.logging import JsonFormatter
+from tests.client import metric_value, upload
 from tests.images import jpeg_with_metadata
 
 
@@ -79,3 +83,31 @@ async def test_missing_media_is_404(client) -> None:
     response = await client.get("/media/avatars/0123456789abcdef/original.webp")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+async def test_media_reads_are_counted_logged_and_documented(client, uploaded, caplog) -> None:
+    """/media is answered by a route of its own, ahead of FastAPI's: the same request id, log
+    line, metrics and OpenAPI entry as every route."""
+    path = media_path(uploaded["avatar_url"])
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        response = await client.get(path, headers={"X-Request-ID": "media-1"})
+        missing = await client.get("/media/avatars/0123456789abcdef/original.webp")
+    assert response.headers["x-request-id"] == "media-1"
+    access = [record for record in caplog.records if record.name == "app.access"]
+    lines = [json.loads(JsonFormatter().format(record)) for record in access]
+    assert [(line["route"], line["status"], line["error_code"]) for line in lines] == [
+        ("/media/{key:path}", 200, None),
+        ("/media/{key:path}", 404, "not_found"),
+    ]
+    assert missing.headers["x-request-id"]
+    text = (await client.get("/metrics")).text
+    for status in ("200", "404"):
+        assert (
+            metric_value(
+                text, "avatar_http_requests_total", route="/media/{key:path}", status=status
+            )
+            == 1
+        )
+    operation = (await client.get("/openapi.json")).json()["paths"]["/media/{key}"]["get"]
+    assert operation["operationId"] == "read_media"
+    assert {"200", "304", "404"} <= set(operation["responses"])

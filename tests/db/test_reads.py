@@ -13,10 +13,12 @@ import asyncpg
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.variants import StoredVariant, VariantSet
 from app.db.models import Avatar
-from app.db.reads import AvatarReads
+from app.db.reads import READ_POOL_SIZE, AvatarReads
 from app.db.session import create_engine, create_sessionmaker
 from tests.conftest import _truncate
 
@@ -135,14 +137,19 @@ async def test_sqlite_reads_wait_their_turn_only_for_an_exclusive_lock(sqlite_ur
         await engine.dispose()
 
 
+async def postgres_reads(postgres_url: str, **options: float) -> tuple[AsyncEngine, AvatarReads]:
+    """An empty database but for alice's avatar, and the writers' engine and reads on it."""
+    await _truncate(postgres_url)
+    await stored_avatar(postgres_url)
+    engine = create_engine(postgres_url)
+    return engine, AvatarReads(engine, **options)
+
+
 @pytest.mark.postgres
 async def test_postgres_reads_survive_the_server_closing_their_connections(
     postgres_url: str,
 ) -> None:
-    await _truncate(postgres_url)
-    await stored_avatar(postgres_url)
-    engine = create_engine(postgres_url)
-    reads = AvatarReads(engine)
+    engine, reads = await postgres_reads(postgres_url)
     parsed = make_url(postgres_url)
     try:
         # Several pooled connections, all of which the server then closes (as a restart does).
@@ -164,6 +171,42 @@ async def test_postgres_reads_survive_the_server_closing_their_connections(
             assert avatar is not None and avatar.version == "0123abcd"
         async with engine.connect() as connection:  # the writers' pool pings, and recovers
             assert await connection.scalar(text("SELECT count(*) FROM avatars")) == 1
+    finally:
+        await reads.close()
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_beyond_the_pool_wait_their_turn_in_arrival_order(
+    postgres_url: str,
+) -> None:
+    engine, reads = await postgres_reads(postgres_url, timeout=0.3)
+    try:
+        # Every turn taken (as by READ_POOL_SIZE reads in progress): a newcomer fails as the
+        # pool would after the database timeout (503), and takes no turn.
+        for _ in range(READ_POOL_SIZE):
+            await reads._turns.acquire()
+        with pytest.raises(PoolTimeout):
+            await reads.avatar("alice")
+
+        # Reads that arrive while all are taken are served in their order of arrival, also
+        # against one that arrives just as a turn comes back.
+        finished: list[int] = []
+
+        async def read(number: int) -> None:
+            assert await reads.avatar("alice") is not None
+            finished.append(number)
+
+        waiting = [asyncio.create_task(read(number)) for number in range(3)]
+        await asyncio.sleep(0.05)  # all three wait
+        reads._turns.release()  # one turn back: the reads pass it on, one after the other
+        late = asyncio.create_task(read(3))
+        await asyncio.gather(*waiting, late)
+        assert finished == [0, 1, 2, 3]
+        for _ in range(READ_POOL_SIZE - 1):
+            reads._turns.release()
+        # A burst of many more reads than connections: all answered, none beyond the pool.
+        await asyncio.gather(*(reads.avatar("alice") for _ in range(4 * READ_POOL_SIZE)))
     finally:
         await reads.close()
         await engine.dispose()

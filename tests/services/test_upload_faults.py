@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from app.api.deps import get_runtime
 from app.core.config import Settings, load_settings
 from app.core.security import create_token
 from app.main import create_app
@@ -142,9 +141,10 @@ async def test_unreachable_s3_gives_503_in_bounded_time_and_changes_nothing(
                 store_before = await store_snapshot(healthy)
                 table_before = await table_snapshot(settings.database_url)
 
-                # Every route reaches the store through the one runtime: swap it there.
-                broken = dataclasses.replace(app.state.runtime, storage=dead)
-                app.dependency_overrides[get_runtime] = lambda: broken
+                # Every route reaches the store through the one runtime: swap it there (the
+                # /media route reads it from the app's state, without dependency injection).
+                runtime = app.state.runtime
+                app.state.runtime = dataclasses.replace(runtime, storage=dead)
                 started = time.monotonic()
                 response = await upload(client, color=(0, 0, 255))
                 elapsed = time.monotonic() - started
@@ -156,7 +156,7 @@ async def test_unreachable_s3_gives_503_in_bounded_time_and_changes_nothing(
                 key = next(iter(store_before))
                 assert_problem(await client.get(f"/media/{key}"), 503, "storage_unavailable")
 
-                app.dependency_overrides.clear()
+                app.state.runtime = runtime
                 assert await store_snapshot(healthy) == store_before
                 assert await table_snapshot(settings.database_url) == table_before
         finally:
