@@ -31,10 +31,7 @@ run: migrate
 # Tests run on every core (pytest-xdist; JOBS=1 for one process). `make test` is everything CI
 # needs: the whole suite on local storage, then the tests that touch the store again over S3.
 JOBS ?= auto
-# Temporary files (each test's database and store) go to a RAM-backed folder where there is one:
-# on disk, the fsyncs of every upload and commit made the suite wait about a quarter of its time.
-TEST_TMPDIR ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm)
-PYTEST := $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR) )$(BIN)/python -m pytest -n $(JOBS)
+PYTEST := $(BIN)/python -m pytest -n $(JOBS)
 # The slow kinds (markers in pyproject.toml) that the fast tier leaves out.
 SLOW := browser or corpus or server or postgres
 # What runs on the suite's store (AVATAR_TEST_STORAGE): the API and the services. The storage
