@@ -6,8 +6,14 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_TOKENS ?= true
+# The installed modules are compiled as they are first imported, and kept: pip compiling all
+# of them (most are never imported) took longer than installing them, and where the environment
+# sets PYTHONDONTWRITEBYTECODE nothing compiled later would be kept, so every test process
+# compiled the whole stack from source.
+unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install install-browser install-haproxy install-exiftool install-nginx install-wrk run test \
+.PHONY: install install-browser install-haproxy install-exiftool install-nginx install-wrk \
+	install-test-packages run test \
 	test-fast test-s3 bench stress lint \
 	format migrate clean cluster cluster-stop chaos
 
@@ -17,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is required"; exit 1; }
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile \
+		-c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 migrate: install
@@ -39,7 +46,9 @@ SLOW := browser or corpus or server or postgres
 S3_TESTS := tests/api tests/services
 
 # AVATAR_TEST_SPLIT_DATABASES=1: the second pass repeats nothing (tests/conftest.py says how).
-test: install install-browser install-haproxy install-exiftool install-nginx
+# Python's packages and Debian's are installed side by side.
+test:
+	$(MAKE) --no-print-directory -j2 --output-sync=target install install-test-packages
 	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
 	AVATAR_TEST_SPLIT_DATABASES=1 $(MAKE) --no-print-directory test-s3
 
@@ -49,36 +58,43 @@ test-fast: install
 
 # Debian packages the tests use, installed with apt-get when missing and this runs as root;
 # otherwise the tests that need them skip (and fail under CI=true).
-# $(call debian-package,COMMAND,PACKAGE,WHAT NEEDS IT)
-define debian-package
-	@command -v $(1) >/dev/null 2>&1 || { \
+# $(call debian-packages,COMMAND:PACKAGE ...): one apt-get for every package whose command is
+# missing.
+define debian-packages
+	@missing=""; for pair in $(1); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	[ -z "$$missing" ] || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 		else \
-			echo "$(2) is not installed: $(3) will skip (apt-get install $(2))"; \
+			echo "not installed:$$missing (apt-get install$$missing); the tests that need them skip"; \
 		fi; }
 endef
 
 # The browser tests use Debian's Chromium (Playwright never downloads one).
-install-browser:
-	$(call debian-package,chromium,chromium,the browser tests)
-
+BROWSER := chromium:chromium
 # The e-mail-safe JPEG test reads its JPEG with exiftool as well as with Pillow.
-install-exiftool:
-	$(call debian-package,exiftool,libimage-exiftool-perl,the e-mail-safe JPEG test)
-
+EXIFTOOL := exiftool:libimage-exiftool-perl
 # The local cluster (`make cluster`, `make chaos`, tests/cluster) balances with Debian's HAProxy.
-install-haproxy:
-	$(call debian-package,haproxy,haproxy,the cluster tests)
-
+HAPROXY := haproxy:haproxy
 # deploy/nginx/avatar.conf, the production answer for /media, runs under Debian's nginx in
 # tests/test_nginx.py and in benchmarks/reads.py.
-install-nginx:
-	$(call debian-package,nginx,nginx,the nginx test)
-
+NGINX := nginx:nginx
 # benchmarks/reads.py loads its servers with wrk (without it, with a slower load generator).
+WRK := wrk:wrk
+
+install-test-packages:
+	$(call debian-packages,$(BROWSER) $(EXIFTOOL) $(HAPROXY) $(NGINX))
+install-browser:
+	$(call debian-packages,$(BROWSER))
+install-exiftool:
+	$(call debian-packages,$(EXIFTOOL))
+install-haproxy:
+	$(call debian-packages,$(HAPROXY))
+install-nginx:
+	$(call debian-packages,$(NGINX))
 install-wrk:
-	$(call debian-package,wrk,wrk,the wrk load in benchmarks/reads.py)
+	$(call debian-packages,$(WRK))
 
 # The API and service tests with S3 storage: a moto S3 server on loopback, over HTTP.
 test-s3: install
