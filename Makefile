@@ -35,10 +35,11 @@ migrate: install
 run: migrate
 	AVATAR_DEV_TOKENS=$(DEV_TOKENS) $(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
 
-# Tests run on every core (pytest-xdist; JOBS=1 for one process). `make test` is everything CI
-# needs: the whole suite on local storage, then the tests that touch the store again over S3.
+# Tests run on every core (pytest-xdist; JOBS=1 for one process), a worker that runs out of
+# tests taking some of another's. `make test` is everything CI needs: the whole suite on local
+# storage, then the tests that touch the store again over S3.
 JOBS ?= auto
-PYTEST := $(BIN)/python -m pytest -n $(JOBS)
+PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist worksteal
 # The slow kinds (markers in pyproject.toml) that the fast tier leaves out.
 SLOW := browser or corpus or server or postgres
 # What runs on the suite's store (AVATAR_TEST_STORAGE): the API and the services. The storage

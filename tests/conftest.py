@@ -65,9 +65,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=repeated)
             items[:] = [item for item in items if item not in set(repeated)]
     # The tests that start processes take seconds each, the others milliseconds: run the long
-    # ones first, so that the workers end together on short ones instead of one worker finishing
-    # a long test alone at the end (the sort is stable: a module's tests keep their order).
-    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in MAY_START_PROCESSES))
+    # ones first, the longest of all (marked `long`) before them. xdist's work stealing (`make
+    # test`: --dist worksteal) hands each worker a contiguous share of the list and lets a worker
+    # that runs out take the end of another's queue, so the last tests to run are short ones
+    # (the sort is stable: a module's tests keep their order).
+    items.sort(key=_run_order)
+
+
+def _run_order(item: pytest.Item) -> int:
+    if item.get_closest_marker("long"):
+        return 0
+    return 1 if any(item.get_closest_marker(m) for m in MAY_START_PROCESSES) else 2
 
 
 def _repeated_in_the_other_pass(item: pytest.Item) -> bool:

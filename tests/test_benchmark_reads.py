@@ -14,6 +14,7 @@ from tests.conftest import missing
 
 
 @pytest.mark.server
+@pytest.mark.long
 @pytest.mark.parametrize("processes", [1, 2])
 def test_reads_benchmark_loads_every_read_and_prints_the_ratios(processes: int) -> None:
     if nginx_binary() is None:

@@ -60,7 +60,7 @@ def gc(
     settings = exits.settings()
 
     async def work() -> tuple[GcReport, int]:
-        async with open_runtime(settings) as runtime:
+        async with open_runtime(settings, images=False) as runtime:
             report = await reconcile(
                 sessions=runtime.sessions,
                 storage=runtime.storage,

@@ -156,9 +156,11 @@ class WorkerPool:
         initializer: Callable[..., None] | None = None,
         initargs: tuple[Any, ...] = (),
         observe: Callable[[float], None] | None = None,
+        warm: bool = True,
     ) -> None:
         """``initializer(*initargs)`` runs once in every worker process (settings that are
-        process-wide globals); ``observe(seconds)`` gets each job's run time."""
+        process-wide globals); ``observe(seconds)`` gets each job's run time. ``warm``: start
+        the forkserver now, in the background, rather than with the first job."""
         self.workers = workers
         self.capacity = workers + queue_size
         self.retry_after = retry_after
@@ -167,8 +169,9 @@ class WorkerPool:
         self._observe = observe
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(preload())
-        # The forkserver (one a process) starts in the background: the first job only forks.
-        threading.Thread(target=forkserver.ensure_running, daemon=True).start()
+        if warm:
+            # The forkserver (one a process) starts in the background: the first job only forks.
+            threading.Thread(target=forkserver.ensure_running, daemon=True).start()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imaging")
         self._lock = threading.Lock()
         self._admitted = 0

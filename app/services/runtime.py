@@ -45,6 +45,7 @@ def worker_pool(
     workers: int | None = None,
     queue_size: int | None = None,
     metrics: Metrics | None = None,
+    warm: bool = True,
 ) -> WorkerPool:
     """An image worker pool (the settings' size unless given). Pillow's pixel limit, a
     process-wide global, is set from the settings here and in every worker process, and every
@@ -57,6 +58,7 @@ def worker_pool(
         initializer=configure_pillow,
         initargs=(settings.max_pixels,),
         observe=metrics.processing_seconds.observe if metrics is not None else None,
+        warm=warm,
     )
 
 
@@ -89,15 +91,20 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, storage: Storage | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    metrics: Metrics | None = None,
+    images: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Build the runtime, check the storage (``ConfigurationError`` when it cannot be used),
     yield it, and close what was built here. With ``metrics``, the storage and the pool
-    record their calls and jobs."""
+    record their calls and jobs. ``images=False`` (``gc``): no image is expected, so the pool's
+    worker processes are not made ready ahead of a first job."""
     built = storage or build_storage(settings)
     engine = create_engine(settings.database_url, timeout=settings.database_timeout)
     reads = AvatarReads(engine, timeout=settings.database_timeout)
-    pool = worker_pool(settings, metrics=metrics)
+    pool = worker_pool(settings, metrics=metrics, warm=images)
     used_storage: Any = InstrumentedStorage(built, metrics) if metrics is not None else built
     try:
         await check_storage(used_storage)

@@ -19,6 +19,7 @@ from tests.conftest import POSTGRES_URL, TEST_STORAGE, missing
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.server,
+    pytest.mark.long,
     # The cluster stores on S3 (moto's server) in every run: `make test-s3` need not repeat it.
     pytest.mark.skipif(TEST_STORAGE == "s3", reason="the cluster always runs on S3"),
 ]

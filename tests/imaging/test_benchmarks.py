@@ -46,6 +46,7 @@ def test_seed_pipeline_is_the_tutorial_one() -> None:
 
 
 @pytest.mark.server
+@pytest.mark.long
 def test_whole_upload_and_load_run_against_a_real_server() -> None:
     out = io.StringIO()
     with spawned_server(workers="2") as server:
@@ -69,6 +70,7 @@ async def test_pool_benchmark_compares_threads_and_processes(capsys) -> None:
         assert row in text, text
 
 
+@pytest.mark.long
 def test_formats_benchmark_prints_every_setting_and_the_chosen_one() -> None:
     out = io.StringIO()
     small = [("small phone photo", phone_photo(480, 360))]
@@ -80,6 +82,7 @@ def test_formats_benchmark_prints_every_setting_and_the_chosen_one() -> None:
 
 
 @pytest.mark.server
+@pytest.mark.long
 def test_reads_benchmark_loads_the_service_and_its_references() -> None:
     if nginx_binary() is None:
         missing("nginx is not installed (make install-nginx)")

@@ -22,7 +22,7 @@ from tests.live import live_server
 from tests.webhooks import Receiver, clear_outbox, new_secret, outbox, receiving, wait_until
 
 # Every test here runs the service as a child process.
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.long]
 
 SECRET = "events-test-secret-" + "e" * 40
 

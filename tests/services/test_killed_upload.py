@@ -23,7 +23,7 @@ from tests.services.support import (
     table_snapshot,
 )
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.long]
 
 
 async def kill_upload_at(settings: Settings, point: str, tmp_path: Path) -> None:
