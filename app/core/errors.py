@@ -65,6 +65,27 @@ class AppError(Exception):
     # says otherwise; None: the answer carries no Retry-After.
     retry_after: ClassVar[int | None] = None
 
+    def __init_subclass__(
+        cls,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        title: str | None = None,
+        retry_after: int | None = None,
+        **kwargs: object,
+    ) -> None:
+        """An error is declared in its class line (``class X(AppError, status=404, code=...,
+        title=...)``); what it leaves out, it takes from its base."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
+        if title is not None:
+            cls.title = title
+        if retry_after is not None:
+            cls.retry_after = retry_after
+
     def __init__(
         self,
         detail: str | None = None,
@@ -94,250 +115,202 @@ class AppError(Exception):
         }
 
 
-class NotAuthenticated(AppError):
-    status = 401
-    code = "not_authenticated"
-    title = "Not authenticated"
+class NotAuthenticated(AppError, status=401, code="not_authenticated", title="Not authenticated"):
     fixed_headers = {"WWW-Authenticate": 'Bearer realm="avatar-service"'}
 
 
-class AvatarNotFound(AppError):
-    status = 404
-    code = "avatar_not_found"
-    title = "Avatar not found"
+class AvatarNotFound(AppError, status=404, code="avatar_not_found", title="Avatar not found"):
+    pass
 
 
-class ResourceNotFound(AppError):
-    status = 404
-    code = "not_found"
-    title = "Not found"
+class ResourceNotFound(AppError, status=404, code="not_found", title="Not found"):
+    pass
 
 
-class MethodNotAllowed(AppError):
-    status = 405
-    code = "method_not_allowed"
-    title = "Method not allowed"
+class MethodNotAllowed(AppError, status=405, code="method_not_allowed", title="Method not allowed"):
+    pass
 
 
-class AvatarChanged(AppError):
-    status = 409
-    code = "avatar_changed"
-    title = "Avatar changed meanwhile"
+class AvatarChanged(AppError, status=409, code="avatar_changed", title="Avatar changed meanwhile"):
+    pass
 
 
-class PayloadTooLarge(AppError):
-    status = 413
-    code = "image_too_large"
-    title = "Upload too large"
+class PayloadTooLarge(AppError, status=413, code="image_too_large", title="Upload too large"):
+    pass
 
 
-class BodyTooLarge(PayloadTooLarge):
+class BodyTooLarge(PayloadTooLarge, code="body_too_large", title="Request body too large"):
     """A JSON body (not an image) over the cap of its route."""
 
-    code = "body_too_large"
-    title = "Request body too large"
 
-
-class PreconditionFailed(AppError):
+class PreconditionFailed(
+    AppError, status=412, code="precondition_failed", title="Precondition failed"
+):
     """If-None-Match named the current representation on a method other than GET or HEAD,
     which RFC 9110 answers with 412 where GET answers 304: the client's copy is current."""
 
-    status = 412
-    code = "precondition_failed"
-    title = "Precondition failed"
+
+class ClientDisconnected(
+    AppError, status=400, code="client_disconnected", title="Client disconnected"
+):
+    pass
 
 
-class ClientDisconnected(AppError):
-    status = 400
-    code = "client_disconnected"
-    title = "Client disconnected"
-
-
-class RequestTimeout(AppError):
-    status = 408
-    code = "request_timeout"
-    title = "Request too slow"
+class RequestTimeout(AppError, status=408, code="request_timeout", title="Request too slow"):
     fixed_headers = {"Connection": "close"}
 
 
-class HeadersTooLarge(AppError):
+class HeadersTooLarge(
+    AppError, status=431, code="headers_too_large", title="Request headers too large"
+):
     """Raised by the server's HTTP protocol, before the application sees the request."""
 
-    status = 431
-    code = "headers_too_large"
-    title = "Request headers too large"
 
-
-class InvalidHttpRequest(AppError):
+class InvalidHttpRequest(
+    AppError, status=400, code="invalid_http_request", title="Invalid HTTP request"
+):
     """Malformed HTTP/1.1 the server can still answer (a broken request line or header)."""
 
-    status = 400
-    code = "invalid_http_request"
-    title = "Invalid HTTP request"
+
+class UnsupportedContentType(
+    AppError, status=415, code="unsupported_content_type", title="Unsupported request content type"
+):
+    pass
 
 
-class UnsupportedContentType(AppError):
-    status = 415
-    code = "unsupported_content_type"
-    title = "Unsupported request content type"
+class InvalidRequest(AppError, status=422, code="invalid_request", title="Invalid request"):
+    pass
 
 
-class InvalidRequest(AppError):
-    status = 422
-    code = "invalid_request"
-    title = "Invalid request"
+class MissingFile(InvalidRequest, code="missing_file", title="No file in the upload"):
+    pass
 
 
-class MissingFile(InvalidRequest):
-    code = "missing_file"
-    title = "No file in the upload"
+class InvalidBase64(InvalidRequest, code="invalid_base64", title="Invalid base64 image"):
+    pass
 
 
-class InvalidBase64(InvalidRequest):
-    code = "invalid_base64"
-    title = "Invalid base64 image"
+class UnknownVariant(InvalidRequest, code="unknown_variant", title="No such image size"):
+    pass
 
 
-class UnknownVariant(InvalidRequest):
-    code = "unknown_variant"
-    title = "No such image size"
+class InlineTooLarge(InvalidRequest, code="inline_too_large", title="Image too large to inline"):
+    pass
 
 
-class InlineTooLarge(InvalidRequest):
-    code = "inline_too_large"
-    title = "Image too large to inline"
+class InvalidIdempotencyKey(
+    InvalidRequest, code="invalid_idempotency_key", title="Invalid Idempotency-Key"
+):
+    pass
 
 
-class InvalidIdempotencyKey(InvalidRequest):
-    code = "invalid_idempotency_key"
-    title = "Invalid Idempotency-Key"
-
-
-class IdempotencyKeyMismatch(InvalidRequest):
+class IdempotencyKeyMismatch(
+    InvalidRequest,
+    code="idempotency_key_mismatch",
+    title="Idempotency-Key reused for another request",
+):
     """The key was used before for another request (another body, method or query)."""
 
-    code = "idempotency_key_mismatch"
-    title = "Idempotency-Key reused for another request"
+
+class NoUserIds(InvalidRequest, code="no_user_ids", title="No user ids"):
+    pass
 
 
-class NoUserIds(InvalidRequest):
-    code = "no_user_ids"
-    title = "No user ids"
+class TooManyUserIds(InvalidRequest, code="too_many_user_ids", title="Too many user ids"):
+    pass
 
 
-class TooManyUserIds(InvalidRequest):
-    code = "too_many_user_ids"
-    title = "Too many user ids"
-
-
-class InvalidUserId(InvalidRequest):
+class InvalidUserId(InvalidRequest, code="invalid_user_id", title="Invalid user id"):
     """A user id no token could carry; a single avatar route answers 404 for it, a batch names
     the culprit instead of answering null, so a client's bug shows."""
 
-    code = "invalid_user_id"
-    title = "Invalid user id"
 
-
-class IdempotencyKeyInUse(AppError):
+class IdempotencyKeyInUse(
+    AppError,
+    status=409,
+    code="idempotency_key_in_use",
+    title="Idempotency-Key in use",
+    retry_after=1,
+):
     """The first request with this key is still running; retry once it has answered."""
 
-    status = 409
-    code = "idempotency_key_in_use"
-    title = "Idempotency-Key in use"
-    retry_after = 1
 
-
-class ImageError(AppError):
+class ImageError(AppError, status=422, code="invalid_image", title="Invalid image"):
     """Raised by the imaging pipeline for input it will not turn into an avatar."""
 
-    status = 422
-    code = "invalid_image"
-    title = "Invalid image"
+
+class UnsupportedFormat(
+    ImageError, status=415, code="unsupported_format", title="Unsupported image format"
+):
+    pass
 
 
-class UnsupportedFormat(ImageError):
-    status = 415
-    code = "unsupported_format"
-    title = "Unsupported image format"
+class CorruptImage(ImageError, code="corrupt_image", title="Corrupt image"):
+    pass
 
 
-class CorruptImage(ImageError):
-    code = "corrupt_image"
-    title = "Corrupt image"
+class TooManyPixels(ImageError, code="too_many_pixels", title="Too many pixels"):
+    pass
 
 
-class TooManyPixels(ImageError):
-    code = "too_many_pixels"
-    title = "Too many pixels"
+class DimensionsTooLarge(
+    ImageError, code="dimensions_too_large", title="Image dimensions too large"
+):
+    pass
 
 
-class DimensionsTooLarge(ImageError):
-    code = "dimensions_too_large"
-    title = "Image dimensions too large"
+class TooManyFrames(ImageError, code="too_many_frames", title="Too many frames"):
+    pass
 
 
-class TooManyFrames(ImageError):
-    code = "too_many_frames"
-    title = "Too many frames"
-
-
-class ImageTooComplex(ImageError):
+class ImageTooComplex(ImageError, code="image_too_complex", title="Image too complex"):
     """More decoding work than any real picture needs: a JPEG with hundreds of scans, a file of
     countless tiny chunks, or a job still running at the deadline."""
 
-    code = "image_too_complex"
-    title = "Image too complex"
+
+class InvalidCrop(ImageError, code="invalid_crop", title="Invalid crop"):
+    pass
 
 
-class InvalidCrop(ImageError):
-    code = "invalid_crop"
-    title = "Invalid crop"
+class ServerBusy(AppError, status=503, code="server_busy", title="Server busy", retry_after=1):
+    pass
 
 
-class ServerBusy(AppError):
-    status = 503
-    code = "server_busy"
-    title = "Server busy"
-    retry_after = 1
+class ServiceUnavailable(
+    AppError, status=503, code="service_unavailable", title="Service unavailable", retry_after=5
+):
+    pass
 
 
-class ServiceUnavailable(AppError):
-    status = 503
-    code = "service_unavailable"
-    title = "Service unavailable"
-    retry_after = 5
+class DatabaseUnavailable(
+    ServiceUnavailable, code="database_unavailable", title="Database unavailable"
+):
+    pass
 
 
-class DatabaseUnavailable(ServiceUnavailable):
-    code = "database_unavailable"
-    title = "Database unavailable"
+class StorageUnavailable(
+    ServiceUnavailable, code="storage_unavailable", title="Storage unavailable"
+):
+    pass
 
 
-class StorageUnavailable(ServiceUnavailable):
-    code = "storage_unavailable"
-    title = "Storage unavailable"
+class IdentityProviderUnavailable(
+    ServiceUnavailable, code="identity_provider_unavailable", title="Identity provider unavailable"
+):
+    pass
 
 
-class IdentityProviderUnavailable(ServiceUnavailable):
-    code = "identity_provider_unavailable"
-    title = "Identity provider unavailable"
-
-
-class InsufficientStorage(AppError):
+class InsufficientStorage(
+    AppError, status=507, code="insufficient_storage", title="Insufficient storage", retry_after=60
+):
     """The store has no room (ENOSPC, a quota): nothing was kept; retrying helps once an
     operator has made room."""
 
-    status = 507
-    code = "insufficient_storage"
-    title = "Insufficient storage"
-    retry_after = 60
 
-
-class RateLimited(AppError):
-    status = 429
-    code = "rate_limited"
-    title = "Too many requests"
-    retry_after = 1
+class RateLimited(
+    AppError, status=429, code="rate_limited", title="Too many requests", retry_after=1
+):
+    pass
 
 
 def all_error_classes() -> list[type[AppError]]:
