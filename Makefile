@@ -36,22 +36,22 @@ run: migrate
 	AVATAR_DEV_TOKENS=$(DEV_TOKENS) $(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
 
 # Tests run on every core (pytest-xdist; JOBS=1 for one process), a worker that runs out of
-# tests taking some of another's. `make test` is everything CI needs: the whole suite on local
-# storage, then the tests that touch the store again over S3.
+# tests taking some of another's. `make test` is everything CI needs, in one run: the whole
+# suite, and the tests that touch the store on the local store and on S3.
 JOBS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist worksteal
 # The slow kinds (markers in pyproject.toml) that the fast tier leaves out.
 SLOW := browser or corpus or server or postgres
 # What runs on the suite's store (AVATAR_TEST_STORAGE): the API and the services. The storage
-# contract covers every adapter, S3 included, in the first pass already; the corpus checks pixels.
+# contract covers every adapter, S3 included, whatever the store; the corpus checks pixels.
 S3_TESTS := tests/api tests/services
 
-# AVATAR_TEST_SPLIT_DATABASES=1: the second pass repeats nothing (tests/conftest.py says how).
+# AVATAR_TEST_SPLIT_DATABASES=1: one run, the API and service tests on both stores, each
+# database beside one of them (tests/conftest.py says how).
 # Python's packages and Debian's are installed side by side.
 test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target install install-test-packages
 	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
-	AVATAR_TEST_SPLIT_DATABASES=1 $(MAKE) --no-print-directory test-s3
 
 # The inner loop: no browser, no corpus, no child processes, no PostgreSQL.
 test-fast: install
@@ -97,7 +97,8 @@ install-nginx:
 install-wrk:
 	$(call debian-packages,$(WRK))
 
-# The API and service tests with S3 storage: a moto S3 server on loopback, over HTTP.
+# The API and service tests with S3 storage (a moto S3 server on loopback, over HTTP), on both
+# databases: what `make test` runs on S3 and more.
 test-s3: install
 	AVATAR_TEST_STORAGE=s3 $(PYTEST) -m "not corpus" $(PYTEST_ARGS) $(S3_TESTS)
 

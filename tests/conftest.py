@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,15 +43,59 @@ MAY_START_PROCESSES = ("server", "browser")
 _starting_processes_allowed = True
 
 
-# `make test` runs twice: the whole suite on the local store, then tests/api and tests/services
-# on S3 (AVATAR_TEST_STORAGE=s3). It sets AVATAR_TEST_SPLIT_DATABASES=1 so that the second pass
-# repeats nothing: tests whose store does not follow AVATAR_TEST_STORAGE (`store_settings`, the
-# `local_store` marker) run in the first pass only, and the API and service tests run each
-# database once, SQLite beside the local store and PostgreSQL beside S3. Without it (a developer
-# running pytest), every test runs on both databases.
+# `make test` runs everything once (AVATAR_TEST_SPLIT_DATABASES=1), the API and service tests
+# on both stores: each database beside one store (SQLite with the local store, PostgreSQL with
+# moto's S3), and a test of theirs that takes no database once on each store (`suite_store`).
+# Tests about the local store (the `local_store` marker) run on both databases with it; those
+# that choose their store themselves (`store_settings`), the corpus (on SQLite) and the tests
+# elsewhere (on both databases) run on the local store. Without it (a developer running
+# pytest), every test runs on both databases and the store AVATAR_TEST_STORAGE names.
 SPLIT_DATABASES = os.environ.get("AVATAR_TEST_SPLIT_DATABASES", "") == "1"
+if SPLIT_DATABASES and TEST_STORAGE != "local":
+    raise pytest.UsageError("AVATAR_TEST_SPLIT_DATABASES=1 chooses the store of each test itself")
 SPLIT_DIRS = ("tests/api/", "tests/services/")
-DATABASE_OF_STORE = {"local": "sqlite", "s3": "postgres"}
+STORE_OF_DATABASE = {"sqlite": "local", "postgres": "s3"}
+# The store of the running test (make_settings uses it).
+_store = TEST_STORAGE
+
+
+def _on_both_stores(definition: pytest.Item, fixturenames: Sequence[str]) -> bool:
+    """A test that takes each store in turn under AVATAR_TEST_SPLIT_DATABASES=1."""
+    return (
+        SPLIT_DATABASES
+        and definition.nodeid.startswith(SPLIT_DIRS)
+        and definition.get_closest_marker("local_store") is None
+        and definition.get_closest_marker("corpus") is None
+        and not {"corpus", "store_settings"} & set(fixturenames)
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" not in metafunc.fixturenames and _on_both_stores(
+        metafunc.definition, metafunc.fixturenames
+    ):
+        metafunc.parametrize("suite_store", ["local", "s3"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def suite_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store of this test's settings (see SPLIT_DATABASES)."""
+    global _store
+    item = request.node
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    if not SPLIT_DATABASES:
+        store = TEST_STORAGE
+    elif "suite_store" in params:
+        store = params["suite_store"]
+    elif "database_url" in params and _on_both_stores(item, item.fixturenames):
+        store = STORE_OF_DATABASE[params["database_url"]]
+    else:
+        store = "local"
+    _store = store
+    try:
+        yield store
+    finally:
+        _store = TEST_STORAGE
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -60,7 +104,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
     if SPLIT_DATABASES:
-        repeated = [item for item in items if _repeated_in_the_other_pass(item)]
+        # The API and service tests run each database once, with its store; the corpus, which
+        # checks pixels, on SQLite only.
+        repeated = [item for item in items if _left_out_when_split(item)]
         if repeated:
             config.hook.pytest_deselected(items=repeated)
             items[:] = [item for item in items if item not in set(repeated)]
@@ -78,15 +124,13 @@ def _run_order(item: pytest.Item) -> int:
     return 1 if any(item.get_closest_marker(m) for m in MAY_START_PROCESSES) else 2
 
 
-def _repeated_in_the_other_pass(item: pytest.Item) -> bool:
-    local_store = item.get_closest_marker("local_store") is not None
-    if TEST_STORAGE == "s3" and (local_store or "store_settings" in item.fixturenames):
-        return True
+def _left_out_when_split(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
-    database = callspec.params.get("database_url") if callspec else None
-    if database is None or local_store or not item.nodeid.startswith(SPLIT_DIRS):
+    if callspec is None or callspec.params.get("database_url") != "postgres":
         return False
-    return bool(database != DATABASE_OF_STORE[TEST_STORAGE])
+    if not item.nodeid.startswith(SPLIT_DIRS) or item.get_closest_marker("local_store"):
+        return False
+    return item.get_closest_marker("corpus") is not None or "corpus" in item.fixturenames
 
 
 @pytest.hookimpl(wrapper=True)
@@ -147,7 +191,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "workers": 2,
         "rate_limit": "",  # the rate-limit tests switch it on
     }
-    if TEST_STORAGE == "s3":
+    if _store == "s3":
         values.update(s3_suite_values())
     values.update(overrides)
     settings = load_settings(**values)

@@ -1,6 +1,6 @@
 """Every client gets a picture it can show: the format by Accept (or ?format=), any size from the
 ladder, still or moving, derived once on first request and stored under the version's keys.
-Runs on local storage and, in the S3 pass, on S3 (where the unversioned URL redirects)."""
+Runs on local storage and on S3 (where the unversioned URL redirects)."""
 
 from __future__ import annotations
 
