@@ -41,7 +41,7 @@ run: migrate
 JOBS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist worksteal
 # The slow kinds (markers in pyproject.toml) that the fast tier leaves out.
-SLOW := browser or corpus or server or postgres
+SLOW := browser or corpus or server or postgres or long
 # What runs on the suite's store (AVATAR_TEST_STORAGE): the API and the services. The storage
 # contract covers every adapter, S3 included, whatever the store; the corpus checks pixels.
 S3_TESTS := tests/api tests/services
@@ -53,7 +53,7 @@ test:
 	$(MAKE) --no-print-directory -j2 --output-sync=target install install-test-packages
 	AVATAR_TEST_SPLIT_DATABASES=1 $(PYTEST) $(PYTEST_ARGS)
 
-# The inner loop: no browser, no corpus, no child processes, no PostgreSQL.
+# The inner loop: no browser, no corpus, no child processes, no PostgreSQL, nothing long.
 test-fast: install
 	$(PYTEST) -m "not ($(SLOW))" $(PYTEST_ARGS)
 
