@@ -54,25 +54,43 @@ SPLIT_DATABASES = os.environ.get("AVATAR_TEST_SPLIT_DATABASES", "") == "1"
 if SPLIT_DATABASES and TEST_STORAGE != "local":
     raise pytest.UsageError("AVATAR_TEST_SPLIT_DATABASES=1 chooses the store of each test itself")
 SPLIT_DIRS = ("tests/api/", "tests/services/")
-STORE_OF_DATABASE = {"sqlite": "local", "postgres": "s3"}
 # The store of the running test (make_settings uses it).
 _store = TEST_STORAGE
 
 
-def _on_both_stores(definition: pytest.Item, fixturenames: Sequence[str]) -> bool:
-    """A test that takes each store in turn under AVATAR_TEST_SPLIT_DATABASES=1."""
+def _follows_the_split(node: pytest.Item, fixturenames: Sequence[str]) -> bool:
+    """An API or service test whose store follows the split: not about the local store, not
+    choosing its store itself, not the corpus."""
     return (
-        SPLIT_DATABASES
-        and definition.nodeid.startswith(SPLIT_DIRS)
-        and definition.get_closest_marker("local_store") is None
-        and definition.get_closest_marker("corpus") is None
+        node.nodeid.startswith(SPLIT_DIRS)
+        and node.get_closest_marker("local_store") is None
+        and node.get_closest_marker("corpus") is None
         and not {"corpus", "store_settings"} & set(fixturenames)
     )
 
 
+def _split_store(item: pytest.Item) -> str | None:
+    """The store of ``item`` under AVATAR_TEST_SPLIT_DATABASES=1; None: it does not run (the
+    corpus, which checks pixels, runs on SQLite only)."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    if "suite_store" in params:
+        return str(params["suite_store"])
+    postgres = params.get("database_url") == "postgres"
+    if (
+        not postgres
+        or not item.nodeid.startswith(SPLIT_DIRS)
+        or item.get_closest_marker("local_store")
+    ):
+        return "local"
+    return "s3" if _follows_the_split(item, item.fixturenames) else None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "database_url" not in metafunc.fixturenames and _on_both_stores(
-        metafunc.definition, metafunc.fixturenames
+    fixturenames = metafunc.fixturenames
+    if (
+        SPLIT_DATABASES
+        and "database_url" not in fixturenames
+        and _follows_the_split(metafunc.definition, fixturenames)
     ):
         metafunc.parametrize("suite_store", ["local", "s3"], indirect=True)
 
@@ -81,16 +99,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def suite_store(request: pytest.FixtureRequest) -> Iterator[str]:
     """The store of this test's settings (see SPLIT_DATABASES)."""
     global _store
-    item = request.node
-    params = item.callspec.params if hasattr(item, "callspec") else {}
-    if not SPLIT_DATABASES:
-        store = TEST_STORAGE
-    elif "suite_store" in params:
-        store = params["suite_store"]
-    elif "database_url" in params and _on_both_stores(item, item.fixturenames):
-        store = STORE_OF_DATABASE[params["database_url"]]
-    else:
-        store = "local"
+    store = _split_store(request.node) if SPLIT_DATABASES else TEST_STORAGE
+    assert store is not None, "left out in pytest_collection_modifyitems"
     _store = store
     try:
         yield store
@@ -104,9 +114,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
     if SPLIT_DATABASES:
-        # The API and service tests run each database once, with its store; the corpus, which
-        # checks pixels, on SQLite only.
-        repeated = [item for item in items if _left_out_when_split(item)]
+        # The API and service tests run each database once, with its store.
+        repeated = [item for item in items if _split_store(item) is None]
         if repeated:
             config.hook.pytest_deselected(items=repeated)
             items[:] = [item for item in items if item not in set(repeated)]
@@ -122,15 +131,6 @@ def _run_order(item: pytest.Item) -> int:
     if item.get_closest_marker("long"):
         return 0
     return 1 if any(item.get_closest_marker(m) for m in MAY_START_PROCESSES) else 2
-
-
-def _left_out_when_split(item: pytest.Item) -> bool:
-    callspec = getattr(item, "callspec", None)
-    if callspec is None or callspec.params.get("database_url") != "postgres":
-        return False
-    if not item.nodeid.startswith(SPLIT_DIRS) or item.get_closest_marker("local_store"):
-        return False
-    return item.get_closest_marker("corpus") is not None or "corpus" in item.fixturenames
 
 
 @pytest.hookimpl(wrapper=True)
