@@ -120,23 +120,25 @@ class NotAuthenticated(AppError, status=401, code="not_authenticated", title="No
 
 
 class AvatarNotFound(AppError, status=404, code="avatar_not_found", title="Avatar not found"):
-    pass
+    """The user has no avatar (or it was deleted while the request ran)."""
 
 
 class ResourceNotFound(AppError, status=404, code="not_found", title="Not found"):
-    pass
+    """No route, file or rendition at this path."""
 
 
 class MethodNotAllowed(AppError, status=405, code="method_not_allowed", title="Method not allowed"):
-    pass
+    """The path exists; the method does not."""
 
 
 class AvatarChanged(AppError, status=409, code="avatar_changed", title="Avatar changed meanwhile"):
-    pass
+    """Another request replaced or deleted the avatar between this one's read and its write:
+    nothing was kept, and the client may retry."""
 
 
 class PayloadTooLarge(AppError, status=413, code="image_too_large", title="Upload too large"):
-    pass
+    """An image upload over the configured byte limit, told by Content-Length or counted while
+    the body streams in."""
 
 
 class BodyTooLarge(PayloadTooLarge, code="body_too_large", title="Request body too large"):
@@ -153,7 +155,8 @@ class PreconditionFailed(
 class ClientDisconnected(
     AppError, status=400, code="client_disconnected", title="Client disconnected"
 ):
-    pass
+    """The client went away mid-upload or before its image job ran; nobody reads the answer,
+    the log does."""
 
 
 class RequestTimeout(AppError, status=408, code="request_timeout", title="Request too slow"):
@@ -175,33 +178,33 @@ class InvalidHttpRequest(
 class UnsupportedContentType(
     AppError, status=415, code="unsupported_content_type", title="Unsupported request content type"
 ):
-    pass
+    """An upload that is neither multipart/form-data nor application/json."""
 
 
 class InvalidRequest(AppError, status=422, code="invalid_request", title="Invalid request"):
-    pass
+    """A request the service cannot read: a malformed body, header or parameter."""
 
 
 class MissingFile(InvalidRequest, code="missing_file", title="No file in the upload"):
-    pass
+    """A multipart body without the field ``file``, or a JSON body without its image string."""
 
 
 class InvalidBase64(InvalidRequest, code="invalid_base64", title="Invalid base64 image"):
-    pass
+    """A JSON upload whose image string is not base64 (or a data: URI that is not)."""
 
 
 class UnknownVariant(InvalidRequest, code="unknown_variant", title="No such image size"):
-    pass
+    """A size or variant name the avatar does not have."""
 
 
 class InlineTooLarge(InvalidRequest, code="inline_too_large", title="Image too large to inline"):
-    pass
+    """``?inline=`` asked for a variant larger than the inline cap; link to it instead."""
 
 
 class InvalidIdempotencyKey(
     InvalidRequest, code="invalid_idempotency_key", title="Invalid Idempotency-Key"
 ):
-    pass
+    """An Idempotency-Key header that is empty, too long or not printable ASCII."""
 
 
 class IdempotencyKeyMismatch(
@@ -213,11 +216,11 @@ class IdempotencyKeyMismatch(
 
 
 class NoUserIds(InvalidRequest, code="no_user_ids", title="No user ids"):
-    pass
+    """A batch lookup naming nobody."""
 
 
 class TooManyUserIds(InvalidRequest, code="too_many_user_ids", title="Too many user ids"):
-    pass
+    """A batch lookup over its limit of user ids."""
 
 
 class InvalidUserId(InvalidRequest, code="invalid_user_id", title="Invalid user id"):
@@ -242,25 +245,26 @@ class ImageError(AppError, status=422, code="invalid_image", title="Invalid imag
 class UnsupportedFormat(
     ImageError, status=415, code="unsupported_format", title="Unsupported image format"
 ):
-    pass
+    """The bytes are no image type the service accepts (told by content, not by name)."""
 
 
 class CorruptImage(ImageError, code="corrupt_image", title="Corrupt image"):
-    pass
+    """The bytes claim an accepted type but its decoder cannot read them, or finds no pixels."""
 
 
 class TooManyPixels(ImageError, code="too_many_pixels", title="Too many pixels"):
-    pass
+    """Width times height (declared or decoded) over the pixel limit; nothing is decoded
+    beyond the header."""
 
 
 class DimensionsTooLarge(
     ImageError, code="dimensions_too_large", title="Image dimensions too large"
 ):
-    pass
+    """One side over the dimension limit, however few pixels the image has in all."""
 
 
 class TooManyFrames(ImageError, code="too_many_frames", title="Too many frames"):
-    pass
+    """An animation with more frames than the frame limit."""
 
 
 class ImageTooComplex(ImageError, code="image_too_complex", title="Image too complex"):
@@ -269,35 +273,36 @@ class ImageTooComplex(ImageError, code="image_too_complex", title="Image too com
 
 
 class InvalidCrop(ImageError, code="invalid_crop", title="Invalid crop"):
-    pass
+    """A crop that is not four whole numbers, not positive, or not inside the image."""
 
 
 class ServerBusy(AppError, status=503, code="server_busy", title="Server busy", retry_after=1):
-    pass
+    """Every image worker is busy and the queue is full: the upload was refused before its body
+    was read."""
 
 
 class ServiceUnavailable(
     AppError, status=503, code="service_unavailable", title="Service unavailable", retry_after=5
 ):
-    pass
+    """A dependency the service needs is down; the request changed nothing."""
 
 
 class DatabaseUnavailable(
     ServiceUnavailable, code="database_unavailable", title="Database unavailable"
 ):
-    pass
+    """The database could not be reached or failed mid-transaction."""
 
 
 class StorageUnavailable(
     ServiceUnavailable, code="storage_unavailable", title="Storage unavailable"
 ):
-    pass
+    """The file store could not be reached, or a file the row names is missing."""
 
 
 class IdentityProviderUnavailable(
     ServiceUnavailable, code="identity_provider_unavailable", title="Identity provider unavailable"
 ):
-    pass
+    """The identity provider's signing keys (JWKS) could not be fetched to check a token."""
 
 
 class InsufficientStorage(
@@ -310,7 +315,7 @@ class InsufficientStorage(
 class RateLimited(
     AppError, status=429, code="rate_limited", title="Too many requests", retry_after=1
 ):
-    pass
+    """The client (a user, or an address for anonymous requests) is over its rate limit."""
 
 
 def all_error_classes() -> list[type[AppError]]:
