@@ -1,7 +1,8 @@
 """The avatar unit of work.
 
 ``replace_avatar`` (an upload) and ``recrop_avatar`` (new squares from the stored original)
-decide the order of writes, the same for both:
+work with an ``AvatarWrites`` (the database, the store, where image jobs run, the pipeline's
+options) and decide the order of writes, the same for both:
 
     process (worker pool) -> put new objects -> commit the row -> delete the old objects
 
@@ -18,7 +19,7 @@ import errno
 import logging
 import uuid
 from collections.abc import Awaitable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast, get_args
 
 from sqlalchemy import select
@@ -71,17 +72,22 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ROW_ATTEMPTS = 3
 
 
+@dataclass(frozen=True)
+class AvatarWrites:
+    """What a change to an avatar works with. ``Runtime.writes()`` makes one; a route passes
+    the place in the image pool it reserved before it read the body as ``pool``."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    storage: Storage
+    pool: JobRunner
+    options: PipelineOptions
+
+
 async def replace_avatar(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    storage: Storage,
-    pool: JobRunner,
-    options: PipelineOptions,
-    user_id: str,
-    upload: bytes,
-    crop: CropBox | None = None,
+    writes: AvatarWrites, *, user_id: str, upload: bytes, crop: CropBox | None = None
 ) -> Avatar:
-    processed = await pool.run(process_image, upload, options, crop=crop)
+    sessions, storage, options = writes.sessions, writes.storage, writes.options
+    processed = await writes.pool.run(process_image, upload, options, crop=crop)
 
     version = uuid.uuid4().hex
     stored = await _put_variants(storage, version, processed.variants)
@@ -109,13 +115,7 @@ async def replace_avatar(
 
 
 async def recrop_avatar(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    storage: Storage,
-    pool: JobRunner,
-    options: PipelineOptions,
-    user_id: str,
-    crop: CropBox | None | _Keep | _Propose = KEEP,
+    writes: AvatarWrites, *, user_id: str, crop: CropBox | None | _Keep | _Propose = KEEP
 ) -> Avatar:
     """Derive the squares (and the still of an animation) again from the stored original, cut
     from ``crop`` (in pixels of the original; None: its centre square; KEEP: the crop the row
@@ -125,6 +125,7 @@ async def recrop_avatar(
     The same order as an upload: new objects, then the row (only if no upload replaced the
     avatar meanwhile), then the old squares.
     """
+    sessions, storage, options = writes.sessions, writes.storage, writes.options
     current = await get_avatar(sessions=sessions, user_id=user_id)
     box = _stored_crop(current) if isinstance(crop, _Keep) else crop
     original = current.variants.original
@@ -147,7 +148,7 @@ async def recrop_avatar(
         auto_crop=options.auto_crop if propose else "centre",
     )
     given = None if isinstance(box, _Propose) else box
-    processed = await pool.run(process_image, data, derive_options, crop=given)
+    processed = await writes.pool.run(process_image, data, derive_options, crop=given)
     version = uuid.uuid4().hex
     derived = [variant for variant in processed.variants if variant.name != ORIGINAL]
     stored = await _put_variants(storage, version, derived)

@@ -20,7 +20,8 @@ from app.core.metrics import Metrics
 from app.db.reads import AvatarReads
 from app.db.session import create_engine, create_sessionmaker
 from app.imaging.pipeline import PipelineOptions, configure_pillow
-from app.imaging.pool import WorkerPool
+from app.imaging.pool import JobRunner, WorkerPool
+from app.services.avatars import AvatarWrites
 from app.storage import Storage, StoreError, build_storage
 from app.storage.instrumented import InstrumentedStorage
 
@@ -87,6 +88,11 @@ class Runtime:
     storage: Storage
     pool: WorkerPool
     options: PipelineOptions
+
+    def writes(self, pool: JobRunner | None = None) -> AvatarWrites:
+        """What ``replace_avatar`` and ``recrop_avatar`` work with: this runtime's parts, with
+        image jobs run on ``pool`` (a place reserved in the pool) when given."""
+        return AvatarWrites(self.sessions, self.storage, pool or self.pool, self.options)
 
 
 @asynccontextmanager

@@ -71,16 +71,7 @@ async def make_avatars(
     async with open_runtime(settings) as runtime, asyncio.TaskGroup() as group:
         for number, user in enumerate(users):
             data = jpeg_with_metadata(size, color=(20 * number % 256, 90, 160))
-            group.create_task(
-                replace_avatar(
-                    sessions=runtime.sessions,
-                    storage=runtime.storage,
-                    pool=runtime.pool,
-                    options=runtime.options,
-                    user_id=user,
-                    upload=data,
-                )
-            )
+            group.create_task(replace_avatar(runtime.writes(), user_id=user, upload=data))
 
 
 def image_of(data: bytes) -> Image.Image:
@@ -247,14 +238,7 @@ async def test_reprocess_derives_every_avatar_again_with_the_current_sizes(
     users = ["ann", "ben", "cat"]
     await make_avatars(settings, users)
     async with open_runtime(settings) as runtime:  # ben chose a crop: it is kept
-        await recrop_avatar(
-            sessions=runtime.sessions,
-            storage=runtime.storage,
-            pool=runtime.pool,
-            options=runtime.options,
-            user_id="ben",
-            crop=CropBox(10, 20, 320, 320),
-        )
+        await recrop_avatar(runtime.writes(), user_id="ben", crop=CropBox(10, 20, 320, 320))
     before = await rows(settings)
 
     changed = settings.model_copy(update=AFTER)
@@ -287,22 +271,9 @@ async def test_reprocess_auto_crop_proposes_crops_and_leaves_client_crops_alone(
     photo, (face_x, face_y, face_w, face_h) = face_photo((1200, 600), face_left=850, face_width=250)
     async with open_runtime(centred) as runtime:  # stored before the automatic crop
         for user in ("ann", "ben", "cat"):
-            await replace_avatar(
-                sessions=runtime.sessions,
-                storage=runtime.storage,
-                pool=runtime.pool,
-                options=runtime.options,
-                user_id=user,
-                upload=photo,
-            )
-        await recrop_avatar(  # ben chose his square
-            sessions=runtime.sessions,
-            storage=runtime.storage,
-            pool=runtime.pool,
-            options=runtime.options,
-            user_id="ben",
-            crop=CropBox(0, 0, 500, 500),
-        )
+            await replace_avatar(runtime.writes(), user_id=user, upload=photo)
+        # ben chose his square
+        await recrop_avatar(runtime.writes(), user_id="ben", crop=CropBox(0, 0, 500, 500))
     engine = create_engine(settings.database_url)
     try:  # cat's row is as rows made before crop_source was recorded
         async with create_sessionmaker(engine)() as session, session.begin():

@@ -22,7 +22,7 @@ from app.core.config import load_settings
 from app.db.session import create_engine, create_sessionmaker
 from app.imaging.pipeline import process_image
 from app.imaging.pool import WorkerPool
-from app.services.avatars import replace_avatar
+from app.services.avatars import AvatarWrites, replace_avatar
 from app.services.runtime import pipeline_options
 from app.storage import build_storage
 from tests.services.support import FaultyStorage
@@ -62,10 +62,7 @@ async def main(point: str, data: bytes) -> None:
 
     upload = asyncio.create_task(
         replace_avatar(
-            sessions=create_sessionmaker(engine),
-            storage=storage,
-            pool=WorkerPool(1, 0),
-            options=options,
+            AvatarWrites(create_sessionmaker(engine), storage, WorkerPool(1, 0), options),
             user_id="alice",
             upload=data,
         )

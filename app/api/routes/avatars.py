@@ -189,10 +189,7 @@ async def upload_avatar(
         async def replace() -> Response:
             async with abandoned_on_disconnect(request, place):
                 avatar = await service.replace_avatar(
-                    sessions=runtime.sessions,
-                    storage=runtime.storage,
-                    pool=place,  # the place reserved before the body was read
-                    options=options,
+                    runtime.writes(place),  # the place reserved before the body was read
                     user_id=user_id,
                     upload=upload.data,
                     crop=crop_box,
@@ -263,12 +260,7 @@ async def update_avatar_crop(
         with runtime.pool.reserve() as place:
             async with abandoned_on_disconnect(request, place):
                 avatar = await service.recrop_avatar(
-                    sessions=runtime.sessions,
-                    storage=runtime.storage,
-                    pool=place,
-                    options=runtime.options,
-                    user_id=user_id,
-                    crop=box,
+                    runtime.writes(place), user_id=user_id, crop=box
                 )
         return await write(avatar, inline=None, public=False, committed=True)
 

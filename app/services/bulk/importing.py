@@ -132,14 +132,7 @@ async def _import_one(
         if dry_run:
             await runtime.pool.run(process_image, data, runtime.options)
         else:
-            await replace_avatar(
-                sessions=runtime.sessions,
-                storage=runtime.storage,
-                pool=runtime.pool,
-                options=runtime.options,
-                user_id=item.user_id,
-                upload=data,
-            )
+            await replace_avatar(runtime.writes(), user_id=item.user_id, upload=data)
     except Exception as exc:
         return failure(name, exc), False
     return Outcome(name, detail=item.user_id), False

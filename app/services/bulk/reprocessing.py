@@ -165,12 +165,7 @@ async def reprocess_avatars(
                 if crop_source(current) == "client":
                     raise _ClientCrop()
             await recrop_avatar(
-                sessions=runtime.sessions,
-                storage=runtime.storage,
-                pool=runtime.pool,
-                options=runtime.options,
-                user_id=user_id,
-                crop=PROPOSE if auto_crop else KEEP,
+                runtime.writes(), user_id=user_id, crop=PROPOSE if auto_crop else KEEP
             )
         except _ClientCrop:
             outcome = Outcome(
