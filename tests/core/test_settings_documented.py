@@ -45,3 +45,23 @@ def test_readme_configuration_reference_lists_every_setting() -> None:
     reference = readme.split("### Configuration reference", 1)[1].split("\n### ", 1)[0]
     documented = set(re.findall(r"^\| `(AVATAR_[A-Z0-9_]+)`", reference, flags=re.MULTILINE))
     assert documented == code_settings()
+
+
+def test_readme_metrics_table_matches_every_metric() -> None:
+    """Each metric ``Metrics`` declares is a row of the README's table with its type and
+    labels, and the table names no other."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from app.core.metrics import HELP, Metrics
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(avatar_\w+)` \| (\w+) \| ([^|]*) \|", readme, flags=re.MULTILINE)
+    documented = {name: (kind, re.findall(r"`(\w+)`", labels)) for name, kind, labels in rows}
+    kinds = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
+    declared = {}
+    for metric in vars(Metrics()).values():
+        if type(metric) in kinds:
+            name = metric._name + ("_total" if isinstance(metric, Counter) else "")
+            declared[name] = (kinds[type(metric)], list(metric._labelnames))
+    assert documented == declared
+    assert set(HELP) == set(declared)
