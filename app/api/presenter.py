@@ -70,15 +70,18 @@ def build_document(avatar: Avatar, *, storage: Storage, base_url: str) -> Avatar
     )
     return AvatarPublic(
         user_id=avatar.user_id,
+        version=avatar.version,
+        updated_at=updated_at,
         avatar_url=urls[original.key],
         avatar_thumb_url=urls[variants.thumb.key],
         avatar_still_url=urls[variants.still.key],
+        srcset=variants.srcset(urls.__getitem__),
         animated=variants.animated,
         width=original.width,
         height=original.height,
+        crop=list(avatar.crop) if avatar.crop else _centre_square(original),
         content_type=original.content_type,
         bytes=original.bytes,
-        version=avatar.version,
         # Renditions made on request are reached through ``sources``: the document stays the
         # same (and its ETag too) however many have been made.
         variants=[
@@ -88,12 +91,9 @@ def build_document(avatar: Avatar, *, storage: Storage, base_url: str) -> Avatar
         ],
         metadata_removed=list(avatar.metadata_removed or []),
         orientation_applied=avatar.orientation_applied or 1,
-        srcset=variants.srcset(urls.__getitem__),
         sources=picture_sources(avatar, urls=urls, base_url=base_url),
         placeholder=placeholder,
-        crop=list(avatar.crop) if avatar.crop else _centre_square(original),
         crop_source=crop_source(avatar),
-        updated_at=updated_at,
     )
 
 

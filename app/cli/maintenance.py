@@ -28,9 +28,6 @@ JsonOption = Annotated[
 
 
 def gc(
-    apply: Annotated[
-        bool, typer.Option("--apply", help="Delete the orphans (default: a dry run).")
-    ] = False,
     grace: Annotated[
         int,
         typer.Option(
@@ -39,6 +36,9 @@ def gc(
             "in flight are safe.",
         ),
     ] = 3600,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Delete the orphans (default: a dry run).")
+    ] = False,
     show: Annotated[
         bool, typer.Option("--list", help="Print the key of every orphan and unfinished write.")
     ] = False,
