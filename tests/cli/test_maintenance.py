@@ -67,11 +67,19 @@ async def objects(settings: Settings) -> dict[str, bytes]:
 async def make_avatars(
     settings: Settings, users: list[str], *, size: tuple[int, int] = (500, 400)
 ) -> None:
-    """Avatars made as uploads make them, with the settings' sizes."""
+    """Avatars made as uploads make them, with the settings' sizes, as many at once as the
+    image pool queues."""
     async with open_runtime(settings) as runtime, asyncio.TaskGroup() as group:
+        room = asyncio.Semaphore(settings.queue_size)
+
+        async def make(user: str, data: bytes) -> None:
+            async with room:
+                await replace_avatar(runtime.writes(), user_id=user, upload=data)
+
         for number, user in enumerate(users):
-            data = jpeg_with_metadata(size, color=(20 * number % 256, 90, 160))
-            group.create_task(replace_avatar(runtime.writes(), user_id=user, upload=data))
+            group.create_task(
+                make(user, jpeg_with_metadata(size, color=(20 * number % 256, 90, 160)))
+            )
 
 
 def image_of(data: bytes) -> Image.Image:
@@ -358,7 +366,9 @@ async def test_reprocess_retries_failed_users_then_continues_after_the_checkpoin
 async def test_reprocess_interrupted_by_ctrl_c_continues_where_it_stopped(
     settings: Settings, tmp_path: Path
 ) -> None:
-    users = [f"user{number:02d}" for number in range(10)]
+    # Enough users that Ctrl-C, sent once the first is done, comes before the last even when
+    # the machine is busy with other work (ten were done in a second on a loaded machine).
+    users = [f"user{number:02d}" for number in range(24)]
     await make_avatars(settings, users, size=(1200, 900))
     changed = settings.model_copy(update=AFTER)
     checkpoint = checkpoint_path(settings)
