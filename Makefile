@@ -35,10 +35,12 @@ migrate: install
 run: migrate
 	AVATAR_DEV_TOKENS=$(DEV_TOKENS) $(BIN)/avatar-service serve --host $(HOST) --port $(PORT)
 
-# Tests run on every core (pytest-xdist; JOBS=1 for one process), a worker that runs out of
-# tests taking some of another's. `make test` is everything CI needs, in one run: the whole
-# suite, and the tests that touch the store on the local store and on S3.
-JOBS ?= auto
+# Tests run in two pytest-xdist workers a core (JOBS=1 for one process), a worker that runs out
+# of tests taking some of another's: many tests wait on a server, a child process or a timeout,
+# and a second worker a core keeps the cores busy meanwhile (one a core left a quarter of the
+# machine idle). `make test` is everything CI needs, in one run: the whole suite, and the tests
+# that touch the store on the local store and on S3.
+JOBS ?= $(shell python3 -c 'import os; print(2 * len(os.sched_getaffinity(0)))')
 PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist worksteal
 # The slow kinds (markers in pyproject.toml) that the fast tier leaves out.
 SLOW := browser or corpus or server or postgres or long

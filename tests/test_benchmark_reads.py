@@ -32,6 +32,8 @@ def test_reads_benchmark_loads_every_read_and_prints_the_ratios(processes: int) 
     )
     text = out.getvalue()
     assert f"{processes} server process" in text
+    for row in ("| document  | service ", "| media     | nginx ", "3 avatars uploaded"):
+        assert row in text, text
     ratios = results["SQLite"]
     assert set(ratios) == {
         "document service / minimal app",

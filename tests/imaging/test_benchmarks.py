@@ -8,11 +8,9 @@ import io
 import pytest
 from PIL import Image
 
-from benchmarks import formats, load, pipeline, pool, reads
-from benchmarks.nginx import nginx_binary
+from benchmarks import formats, load, pipeline, pool
 from benchmarks.photo import phone_photo
 from benchmarks.server import spawned_server
-from tests.conftest import missing
 
 
 def test_phone_photo_is_sideways_with_gps_and_the_same_every_time() -> None:
@@ -79,28 +77,3 @@ def test_formats_benchmark_prints_every_setting_and_the_chosen_one() -> None:
     assert formats.CHOSEN in results and "WebP q80 method 6" in results
     assert all(result.total == 4 for result in results.values())  # 400, 256, 128, 64 px
     assert "the service's setting" in text and "derived 128 px AVIF in the worker" in text
-
-
-@pytest.mark.server
-@pytest.mark.long
-def test_reads_benchmark_loads_the_service_and_its_references() -> None:
-    if nginx_binary() is None:
-        missing("nginx is not installed (make install-nginx)")
-    out = io.StringIO()
-    results = reads.run(
-        users=3, seconds=0.3, connections=4, postgres_url=None, loader="python", rounds=1, out=out
-    )
-    text = out.getvalue()
-    assert set(results) == {"SQLite"}
-    assert set(results["SQLite"]) == {
-        "document service / minimal app",
-        "size=64 service / minimal app",
-        "size=64 service / nginx (/media)",
-        "media service / nginx",
-    }
-    assert all(ratio > 0 for ratio in results["SQLite"].values()), text
-    for row in ("| document  | service ", "| media     | nginx ", "3 avatars uploaded"):
-        assert row in text, text
-    # Every request of the run was answered 200.
-    table = [line.split("|") for line in text.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 7 and all(cells[6].strip() == "0" for cells in table[1:]), text

@@ -11,8 +11,9 @@ import sys
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import text
@@ -21,6 +22,9 @@ from app.core.config import Settings
 from app.db.session import create_engine
 from app.storage.base import Storage, StoredObject, StoreError
 from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from app.services.gc import GcReport
 
 KeyTest = Callable[[str], bool]
 
@@ -162,6 +166,21 @@ async def run_cli(settings: Settings, *args: str, cwd: Path) -> tuple[int, str, 
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def gc_report(settings: Settings, *, grace: float = 3600, apply: bool = False) -> GcReport:
+    """What ``avatar-service gc`` finds (``--grace``, ``--apply``), from its service in this
+    process: for tests about what gc finds rather than about the command."""
+    from app.services.gc import reconcile
+    from app.services.runtime import open_runtime
+
+    async with open_runtime(settings, images=False) as runtime:
+        return await reconcile(
+            sessions=runtime.sessions,
+            storage=runtime.storage,
+            grace=timedelta(seconds=grace),
+            apply=apply,
+        )
 
 
 def child_env(settings: Settings) -> dict[str, str]:

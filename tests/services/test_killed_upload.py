@@ -17,6 +17,7 @@ from tests.conftest import running_app
 from tests.images import jpeg_with_metadata
 from tests.services.support import (
     child_env,
+    gc_report,
     gc_summary,
     run_cli,
     store_snapshot,
@@ -79,33 +80,30 @@ async def test_killed_upload_leaves_orphans_that_gc_removes(
         orphan_bytes = sum(len(after[key]) for key in orphans)
 
         # With the default grace period the fresh orphans might be an upload in flight: kept.
-        code, out, err = await run_cli(settings, "gc", cwd=tmp_path)
-        assert code == 0, err
-        summary = gc_summary(out)
-        assert summary["recent, kept (within grace)"] == (len(orphans), orphan_bytes)
-        assert summary["orphans"] == (0, 0)
+        report = await gc_report(settings)
+        assert (report.recent.count, report.recent.bytes) == (len(orphans), orphan_bytes)
+        assert report.orphans == []
 
         # Past the grace period: a dry run reports them and deletes nothing.
-        code, out, err = await run_cli(settings, "gc", "--grace", "0", "--list", cwd=tmp_path)
-        assert code == 0, err
-        summary = gc_summary(out)
-        assert summary["orphans"] == (len(orphans), orphan_bytes)
-        assert summary["referenced"] == (len(store_before), sum(map(len, store_before.values())))
-        assert "dry run" in out
-        for key in orphans:
-            assert key in out
+        report = await gc_report(settings, grace=0)
+        assert {obj.key for obj in report.orphans} == orphans
+        assert report.orphan_bytes == orphan_bytes
+        referenced = (len(store_before), sum(map(len, store_before.values())))
+        assert (report.referenced.count, report.referenced.bytes) == referenced
         assert await store_snapshot(storage) == after
 
-        # --apply deletes exactly the orphans.
+        # The command, as an operator runs it, lists them in a dry run; --apply deletes exactly
+        # the orphans.
+        code, out, err = await run_cli(settings, "gc", "--grace", "0", "--list", cwd=tmp_path)
+        assert code == 0, err
+        assert gc_summary(out)["orphans"] == (len(orphans), orphan_bytes)
+        assert "dry run" in out and all(key in out for key in orphans)
         code, out, err = await run_cli(settings, "gc", "--grace", "0", "--apply", cwd=tmp_path)
         assert code == 0, err
         assert gc_summary(out)["deleted"] == (len(orphans), orphan_bytes)
         assert await store_snapshot(storage) == store_before
         assert await table_snapshot(settings.database_url) == table_before
-
-        code, out, err = await run_cli(settings, "gc", "--grace", "0", cwd=tmp_path)
-        assert code == 0, err
-        assert gc_summary(out)["orphans"] == (0, 0)
+        assert (await gc_report(settings, grace=0)).orphans == []
     finally:
         close = getattr(storage, "close", None)
         if close is not None:
@@ -132,9 +130,7 @@ async def test_a_write_killed_before_its_rename_leaves_a_temp_file_that_gc_remov
     assert len(temp_files) == 1 and temp_files[0].stat().st_size > 0
     name = temp_files[0].relative_to(root).as_posix()
 
-    code, out, err = await run_cli(settings, "gc", "--list", cwd=tmp_path)
-    assert code == 0, err
-    assert gc_summary(out)["unfinished writes"] == (0, 0)  # fresh: maybe an upload in flight
+    assert (await gc_report(settings)).partial == []  # fresh: maybe an upload in flight
     code, out, err = await run_cli(settings, "gc", "--grace", "0", "--list", cwd=tmp_path)
     assert code == 0, err
     assert gc_summary(out)["unfinished writes"] == (1, temp_files[0].stat().st_size)
