@@ -16,12 +16,15 @@ square and the name of the step that chose it are returned.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+import functools
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from PIL import Image
-from smartcrop import SmartCrop
 
-from app.imaging.face import DETECT_LONG, DETECT_SIDE, Face, detect_faces, small_copy
+if TYPE_CHECKING:
+    from smartcrop import SmartCrop
+
+    from app.imaging.face import Face
 
 AutoCrop = Literal["face", "content", "centre"]
 CropSource = Literal["face", "content", "centre", "client"]
@@ -30,10 +33,6 @@ CropSource = Literal["face", "content", "centre", "client"]
 FACE_ZOOM = 2.4
 # Where the face's centre sits in the square, from its top (hair above, chin and neck below).
 FACE_CENTRE_AT = 0.45
-# The copy both steps work on (short side and longest long side, pixels), as face.detect_faces
-# looks at it: it makes no second copy.
-WORK_SIDE = DETECT_SIDE
-WORK_LONG = DETECT_LONG
 # smartcrop works on a copy of this long side, scoring on cells of SCORE_CELL pixels.
 CONTENT_SIDE = 120
 SCORE_CELL = 4
@@ -42,7 +41,16 @@ SCORE_CELL = 4
 # (measured on two draws of the labelled set).
 CONTENT_MARGIN = 0.01
 
-_smartcrop = SmartCrop(score_down_sample=SCORE_CELL)
+# OpenCV (the face step) and smartcrop with NumPy (the content step) are imported with the first
+# proposal: a server process only imports this module, its image workers run it (the worker
+# pool's forkserver imports them once, ``app.imaging.pool.PRELOAD``).
+
+
+@functools.cache
+def _smartcrop() -> SmartCrop:
+    from smartcrop import SmartCrop
+
+    return SmartCrop(score_down_sample=SCORE_CELL)
 
 
 class Square(NamedTuple):
@@ -58,8 +66,11 @@ def propose_square(image: Image.Image, mode: AutoCrop = "face") -> tuple[Square,
     width, height = image.size
     if mode == "centre":
         return centre_square(width, height), "centre"
-    # One small copy serves both steps: the proposal never touches the large image again.
-    small = small_copy(image, WORK_SIDE, WORK_LONG).convert("RGB")
+    from app.imaging.face import DETECT_LONG, DETECT_SIDE, Face, detect_faces, small_copy
+
+    # One small copy serves both steps, as face.detect_faces looks at it (it makes no second
+    # copy): the proposal never touches the large image again.
+    small = small_copy(image, DETECT_SIDE, DETECT_LONG).convert("RGB")
     factor = small.width / width
     if mode == "face":
         faces = [Face(*(v / factor for v in face)) for face in detect_faces(small)]
@@ -112,7 +123,7 @@ def _by_content(small: Image.Image, factor: float, size: tuple[int, int]) -> Squ
     side = min(small.size)
     if side < SCORE_CELL * 2 or max(small.size) - side < SCORE_CELL:
         return None
-    result = _smartcrop.analyse(
+    result = _smartcrop().analyse(
         small, side, side, min_scale=1.0, max_scale=1.0, num_scale_steps=1, step=SCORE_CELL
     )
     crops = result["crops"]
