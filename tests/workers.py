@@ -94,3 +94,12 @@ def is_running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def readiness() -> tuple[bool, list[str]]:
+    """Whether Pillow's plugins are registered here, and which face cascades this thread has."""
+    from PIL import Image
+
+    from app.imaging import face
+
+    return bool(Image._initialized >= 2), sorted(face._local.__dict__.get("classifiers", {}))

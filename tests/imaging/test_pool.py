@@ -12,7 +12,16 @@ import pytest
 
 from app.core.errors import CorruptImage, ImageTooComplex, ServerBusy, TooManyPixels
 from app.imaging.pool import WorkerPool, WorkerTraceback
-from tests.workers import Hold, busy_with_pillow, crash, fail, is_running, spin, worker_pid
+from tests.workers import (
+    Hold,
+    busy_with_pillow,
+    crash,
+    fail,
+    is_running,
+    readiness,
+    spin,
+    worker_pid,
+)
 
 
 @pytest.fixture
@@ -33,6 +42,14 @@ async def test_jobs_run_in_worker_processes_that_are_reused(pool: WorkerPool) ->
     assert len(pids) <= pool.workers  # not a process a job
     assert all(is_running(pid) for pid in pids)
     assert pool.in_flight == 0
+
+
+async def test_a_new_worker_starts_with_pillow_and_the_face_detector_ready(
+    pool: WorkerPool,
+) -> None:
+    from app.imaging import face
+
+    assert await pool.run(readiness) == (True, sorted([face.HAAR, face.PROFILE, face.LBP]))
 
 
 async def test_past_workers_plus_queue_the_pool_refuses_with_retry_after(
