@@ -22,7 +22,7 @@ def test_reads_benchmark_loads_every_read_and_prints_the_ratios(processes: int) 
     out = io.StringIO()
     results = reads.run(
         users=3,
-        seconds=0.5,
+        seconds=0.3,
         connections=4,
         postgres_url=None,
         loader="python",
