@@ -96,10 +96,15 @@ def is_running(pid: int) -> bool:
     return state != "Z"
 
 
-def readiness() -> tuple[bool, list[str]]:
-    """Whether Pillow's plugins are registered here, and which face cascades this thread has."""
+def readiness() -> tuple[bool, list[str], bool]:
+    """Whether Pillow's plugins are registered here, which face cascades this thread has, and
+    whether smartcrop is made."""
     from PIL import Image
 
-    from app.imaging import face
+    from app.imaging import autocrop, face
 
-    return bool(Image._initialized >= 2), sorted(face._local.__dict__.get("classifiers", {}))
+    return (
+        bool(Image._initialized >= 2),
+        sorted(face._local.__dict__.get("classifiers", {})),
+        autocrop._smartcrop.cache_info().currsize == 1,
+    )

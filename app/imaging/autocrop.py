@@ -43,7 +43,7 @@ CONTENT_MARGIN = 0.01
 
 # OpenCV (the face step) and smartcrop with NumPy (the content step) are imported with the first
 # proposal: a server process only imports this module, its image workers run it (the worker
-# pool's forkserver imports them once, ``app.imaging.pool.PRELOAD``).
+# pool's forkserver makes them ready once, ``app.imaging.warm``).
 
 
 @functools.cache

@@ -52,18 +52,11 @@ from app.core.errors import (
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Modules the forkserver imports once, so that every worker forked from it has them (the face
-# detector and smartcrop too, which the pipeline imports only when it first proposes a crop,
-# and ``warm``, which does once what each worker's first job would); the program's main module
-# too (``preload``), or each fork would import it again.
-PRELOAD = [
-    "__main__",
-    "app.imaging.pool",
-    "app.imaging.pipeline",
-    "app.imaging.face",
-    "smartcrop",
-    "app.imaging.warm",
-]
+# Modules the forkserver imports once, so that every worker forked from it has them (``warm``
+# also does once what each worker's first job would: the face detector and smartcrop, which the
+# pipeline imports only when it first proposes a crop); the program's main module too
+# (``preload``), or each fork would import it again.
+PRELOAD = ["__main__", "app.imaging.pool", "app.imaging.pipeline", "app.imaging.warm"]
 # How often a dispatcher thread waiting on its worker looks whether the request was cancelled.
 CANCEL_POLL_SECONDS = 0.05
 

@@ -49,7 +49,8 @@ async def test_a_new_worker_starts_with_pillow_and_the_face_detector_ready(
 ) -> None:
     from app.imaging import face
 
-    assert await pool.run(readiness) == (True, sorted([face.HAAR, face.PROFILE, face.LBP]))
+    cascades = sorted([face.HAAR, face.PROFILE, face.LBP])
+    assert await pool.run(readiness) == (True, cascades, True)
 
 
 async def test_past_workers_plus_queue_the_pool_refuses_with_retry_after(
