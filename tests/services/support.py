@@ -168,8 +168,8 @@ async def run_cli(settings: Settings, *args: str, cwd: Path) -> tuple[int, str, 
     return proc.returncode, out.decode(), err.decode()
 
 
-async def gc_report(settings: Settings, *, grace: float = 3600, apply: bool = False) -> GcReport:
-    """What ``avatar-service gc`` finds (``--grace``, ``--apply``), from its service in this
+async def gc_report(settings: Settings, *, grace: float = 3600) -> GcReport:
+    """What a dry run of ``avatar-service gc --grace GRACE`` finds, from its service in this
     process: for tests about what gc finds rather than about the command."""
     from app.services.gc import reconcile
     from app.services.runtime import open_runtime
@@ -179,7 +179,6 @@ async def gc_report(settings: Settings, *, grace: float = 3600, apply: bool = Fa
             sessions=runtime.sessions,
             storage=runtime.storage,
             grace=timedelta(seconds=grace),
-            apply=apply,
         )
 
 
