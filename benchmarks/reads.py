@@ -316,8 +316,10 @@ def minimal_from_environment() -> Any:
 
 def serve_minimal(port: int) -> None:
     """The minimal app under the service's server: uvicorn on uvloop and httptools, in as many
-    processes as the service."""
+    processes as the service, one process on the service's event loop (batched accepts)."""
     import uvicorn
+
+    from app.cli.server import EVENT_LOOP
 
     processes = int(os.environ.get(MINIMAL_PROCESSES, "1"))
     uvicorn.run(
@@ -327,7 +329,7 @@ def serve_minimal(port: int) -> None:
         host="127.0.0.1",
         port=port,
         http="httptools",
-        loop="uvloop",
+        loop=EVENT_LOOP if processes == 1 else "uvloop",
         access_log=False,
         log_level="warning",
     )
