@@ -50,6 +50,7 @@ class Listeners(asyncio.AbstractServer):
         self._sockets = list(sockets)
         self._factory = protocol_factory
         self._serving = False
+        self._connecting: set[asyncio.Task[None]] = set()  # held until their transport is made
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -108,7 +109,9 @@ class Listeners(asyncio.AbstractServer):
             connection.setblocking(False)
             # As uvloop's own accept does: a response's head and body go out without waiting.
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._loop.create_task(self._connect(connection))
+            task = self._loop.create_task(self._connect(connection))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
 
     async def _connect(self, connection: socket.socket) -> None:
         try:
