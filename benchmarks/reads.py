@@ -319,7 +319,7 @@ def serve_minimal(port: int) -> None:
     processes as the service, one process on the service's event loop (batched accepts)."""
     import uvicorn
 
-    from app.cli.server import EVENT_LOOP
+    from app.cli.server import event_loop
 
     processes = int(os.environ.get(MINIMAL_PROCESSES, "1"))
     uvicorn.run(
@@ -329,7 +329,7 @@ def serve_minimal(port: int) -> None:
         host="127.0.0.1",
         port=port,
         http="httptools",
-        loop=EVENT_LOOP if processes == 1 else "uvloop",
+        loop=event_loop(processes),
         access_log=False,
         log_level="warning",
     )

@@ -15,8 +15,13 @@ if TYPE_CHECKING:
 
 # The app uvicorn builds in each process when there are several (it cannot pickle one).
 APP_FACTORY = "app.main:create_served_app"
-# The event loop of one server process (uvloop, accepting connections in batches).
-EVENT_LOOP = "app.api.eventloop:new_event_loop"
+
+
+def event_loop(processes: int | None) -> str:
+    """The event loop uvicorn runs, by name: uvloop, which in one process accepts new
+    connections in batches (app/api/eventloop.py); several processes share their socket by
+    uvloop's one accept a poll."""
+    return "app.api.eventloop:new_event_loop" if (processes or 1) == 1 else "uvloop"
 
 
 def serve(
@@ -96,11 +101,9 @@ def _run_uvicorn(
         # any number of seconds; AVATAR_SHUTDOWN_TIMEOUT may be fractional.
         timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
         # httptools with the request head bounded in size and time (app/api/protocol.py), on
-        # uvloop (by name: a missing uvloop fails here instead of serving slower); one process
-        # accepts new connections in batches (app/api/eventloop.py), several share their socket
-        # by uvloop's one accept a poll.
+        # uvloop (by name: a missing uvloop fails here instead of serving slower).
         http="app.api.protocol:BoundedHttpToolsProtocol",
-        loop=EVENT_LOOP if processes is None else "uvloop",
+        loop=event_loop(processes),
     )
 
 
